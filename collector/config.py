@@ -1,0 +1,462 @@
+"""The sidecar's YAML configuration, in the OpenTelemetry Collector's shape.
+
+Shape (DESIGN.md §Config)::
+
+    receivers:  {otlp: {protocols: {grpc: {endpoint}, http: {endpoint}}}}
+    processors: {signature: {...}, sampling: {...}}          # keys are type[/name]
+    exporters:  {otlphttp/posthog: {endpoint, headers, ...}, file: {path}, debug: {}}
+    service:
+      pipelines: {logs: {receivers: [...], processors: [...], exporters: [...]}}
+      telemetry: {metrics: {address}, logs: {level, encoding}}
+    storage:    {directory: ./data}
+
+Loading rules:
+
+- ``${env:NAME}`` and ``${env:NAME:-default}`` are expanded in every string value (after
+  YAML parsing, as the Collector does); ``$$`` is a literal ``$``. An unset variable without
+  a default expands to the empty string.
+- ``--set key.path=value`` overrides are applied after expansion; ``value`` is parsed as a
+  YAML scalar. The path separator is ``.``, or ``::`` when the path contains it (for keys
+  that themselves contain dots).
+- Component keys are ``type`` or ``type/name``; the type picks the config model.
+- Unknown keys and wrong types raise :class:`ConfigError` naming each key's full path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG_NAME = "default.yaml"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. ``str(err)`` is one line per problem, each naming
+    the key's full dotted path and what was expected."""
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------- durations
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds (float) from a Collector-style duration: ``"5s"``, ``"250ms"``, ``"1m"``,
+    ``"1h"``, or a bare number of seconds. Raises ValueError with the accepted forms."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '5s', '250ms' or '1m'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]
+    raise ValueError(f"expected a duration such as '5s', '250ms' or '1m', got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""A duration in seconds (float); accepts '5s', '250ms', '1m', '1h' or a number."""
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_UNIT_BYTES = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
+               "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes (int) from ``"20MiB"``, ``"512KB"``, ``"1GiB"`` or a bare number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '20MiB' or a number of bytes")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(float(m.group(1)) * _UNIT_BYTES[(m.group(2) or "b").lower()])
+    raise ValueError(f"expected a size such as '20MiB' or a number of bytes, got {value!r}")
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+"""A size in bytes (int); accepts '20MiB', '512KB', '1GiB' or a number."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# --------------------------------------------------------------------------- receivers
+
+
+class GrpcServerConfig(StrictModel):
+    endpoint: str = "127.0.0.1:4317"
+    max_recv_msg_size_mib: int = Field(16, gt=0, description="largest accepted request, MiB")
+
+
+class HttpServerConfig(StrictModel):
+    endpoint: str = "127.0.0.1:4318"
+    max_request_body_size: ByteSize = Field(
+        20 * 1024**2, description="largest request body after decompression (bytes); 413 above"
+    )
+
+
+class OtlpProtocols(StrictModel):
+    grpc: GrpcServerConfig | None = None
+    http: HttpServerConfig | None = None
+
+
+class OtlpReceiverConfig(StrictModel):
+    """``receivers: otlp:``; a protocol key present with an empty value uses its defaults."""
+
+    protocols: OtlpProtocols = Field(default_factory=OtlpProtocols)
+
+
+RECEIVER_TYPES: dict[str, type[StrictModel]] = {"otlp": OtlpReceiverConfig}
+
+
+# --------------------------------------------------------------------------- exporters
+
+
+class RetryConfig(StrictModel):
+    """``retry_on_failure``: exponential backoff with jitter (names from the Collector's
+    exporterhelper). Delays in seconds."""
+
+    enabled: bool = True
+    initial_interval: Duration = 5.0
+    randomization_factor: float = Field(0.5, ge=0, le=1)
+    multiplier: float = Field(1.5, ge=1)
+    max_interval: Duration = 30.0
+    max_elapsed_time: Duration = Field(300.0, description="give up after this long; 0 = never")
+
+
+class SendingQueueConfig(StrictModel):
+    """``sending_queue``: the bounded queue between the pipeline and one exporter."""
+
+    enabled: bool = True
+    num_consumers: int = Field(4, ge=1)
+    queue_size: int = Field(100_000, ge=1, description="capacity in log records")
+    storage: str | None = Field(None, description="persistent queue file (SQLite); None = memory")
+
+
+class _ExporterCommon(StrictModel):
+    timeout: Duration = 10.0
+    retry_on_failure: RetryConfig = Field(default_factory=RetryConfig)
+    sending_queue: SendingQueueConfig = Field(default_factory=SendingQueueConfig)
+
+
+class OtlpHttpExporterConfig(_ExporterCommon):
+    """``exporters: otlphttp``: OTLP/HTTP protobuf. ``endpoint`` is a base URL to which
+    ``/v1/logs`` is appended; ``logs_endpoint`` is used as given (PostHog:
+    ``https://us.i.posthog.com/i/v1/logs``)."""
+
+    endpoint: str | None = None
+    logs_endpoint: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    compression: Literal["gzip", "none", ""] = "gzip"
+    encoding: Literal["proto", "json"] = "proto"
+
+    def url(self) -> str:
+        if self.logs_endpoint:
+            return self.logs_endpoint
+        if not self.endpoint:
+            raise ValueError("otlphttp needs `endpoint` or `logs_endpoint`")
+        return self.endpoint.rstrip("/") + "/v1/logs"
+
+
+class TlsClientConfig(StrictModel):
+    insecure: bool = False
+    ca_file: str | None = None
+
+
+class OtlpGrpcExporterConfig(_ExporterCommon):
+    """``exporters: otlp``: OTLP/gRPC to ``host:port`` (or ``http(s)://host:port``)."""
+
+    endpoint: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    compression: Literal["gzip", "none", ""] = "gzip"
+    tls: TlsClientConfig = Field(default_factory=TlsClientConfig)
+
+
+class FileExporterConfig(StrictModel):
+    """``exporters: file``: one OTLP JSON ExportLogsServiceRequest per line."""
+
+    path: str
+    flush_interval: Duration = 1.0
+    sending_queue: SendingQueueConfig = Field(default_factory=SendingQueueConfig)
+
+
+class DebugExporterConfig(StrictModel):
+    """``exporters: debug``: one summary line per batch on stderr."""
+
+    verbosity: Literal["basic", "normal", "detailed"] = "basic"
+    sending_queue: SendingQueueConfig = Field(default_factory=SendingQueueConfig)
+
+
+EXPORTER_TYPES: dict[str, type[StrictModel]] = {
+    "otlphttp": OtlpHttpExporterConfig,
+    "otlp": OtlpGrpcExporterConfig,
+    "file": FileExporterConfig,
+    "debug": DebugExporterConfig,
+}
+
+
+# --------------------------------------------------------------------------- service
+
+
+class LogsPipelineConfig(StrictModel):
+    receivers: list[str]
+    processors: list[str] = Field(default_factory=list)
+    exporters: list[str]
+
+
+class PipelinesConfig(StrictModel):
+    logs: LogsPipelineConfig
+
+
+class MetricsTelemetryConfig(StrictModel):
+    address: str = "127.0.0.1:8888"
+
+
+class LogsTelemetryConfig(StrictModel):
+    level: Literal["debug", "info", "warn", "warning", "error"] = "info"
+    encoding: Literal["console", "json"] = "console"
+
+
+class TelemetryConfig(StrictModel):
+    metrics: MetricsTelemetryConfig = Field(default_factory=MetricsTelemetryConfig)
+    logs: LogsTelemetryConfig = Field(default_factory=LogsTelemetryConfig)
+
+
+class ServiceConfig(StrictModel):
+    pipelines: PipelinesConfig
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    shutdown_timeout: Duration = Field(10.0, description="seconds to flush on SIGTERM")
+
+
+class StorageConfig(StrictModel):
+    """Local state (SQLite files: miner snapshot, policies, persistent queue)."""
+
+    directory: str = "./data"
+    backend: Literal["local", "redis"] = "local"
+    redis_url: str | None = None
+
+
+class _RawConfig(StrictModel):
+    """Top-level shape before components are typed by their keys."""
+
+    receivers: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    processors: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    exporters: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    service: ServiceConfig
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+
+class Config(BaseModel):
+    """The validated configuration: every component typed by its model."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    receivers: dict[str, StrictModel]
+    processors: dict[str, StrictModel]
+    exporters: dict[str, StrictModel]
+    service: ServiceConfig
+    storage: StorageConfig
+    source: str = ""
+
+
+def component_type(key: str) -> str:
+    """``"otlphttp/posthog"`` → ``"otlphttp"``."""
+    return key.split("/", 1)[0]
+
+
+def processor_types() -> dict[str, type[StrictModel]]:
+    from processors import PROCESSORS, load_processor_class
+
+    return {name: load_processor_class(name).Config for name in PROCESSORS}
+
+
+# --------------------------------------------------------------------------- loading
+
+_ENV = re.compile(r"\$\$|\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, environ: dict[str, str] | None = None) -> Any:
+    """Expand ``${env:NAME}`` / ``${env:NAME:-default}`` in every string of a parsed YAML
+    tree; ``$$`` becomes ``$``. Returns a new tree."""
+    env = os.environ if environ is None else environ
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            got = env.get(m.group(1))
+            if got is None or (got == "" and m.group(2) is not None):
+                return m.group(2) or ""
+            return got
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, env) for v in value]
+    return value
+
+
+def apply_set(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``--set key.path=value`` in place. Raises ConfigError if malformed."""
+    if "=" not in assignment:
+        raise ConfigError([f"--set {assignment!r}: expected key.path=value"])
+    path, raw = assignment.split("=", 1)
+    keys = path.split("::") if "::" in path else path.split(".")
+    if not all(keys):
+        raise ConfigError([f"--set {assignment!r}: empty key in path {path!r}"])
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[k] = nxt
+        node = nxt
+    node[keys[-1]] = value
+
+
+def default_config_path() -> Path:
+    """The embedded default config: ``config/default.yaml`` in a checkout, else the copy
+    installed as package data (``lipservice_config``)."""
+    here = Path(__file__).resolve().parent.parent / "config" / DEFAULT_CONFIG_NAME
+    if here.is_file():
+        return here
+    from importlib.resources import files
+
+    return Path(str(files("lipservice_config") / DEFAULT_CONFIG_NAME))
+
+
+def _fmt_loc(prefix: Iterable[str], loc: Iterable[Any]) -> str:
+    return ".".join([*prefix, *(str(p) for p in loc)])
+
+
+def _problems(err: ValidationError, prefix: list[str]) -> list[str]:
+    out = []
+    for e in err.errors():
+        path = _fmt_loc(prefix, e["loc"])
+        if e["type"] == "extra_forbidden":
+            out.append(f"{path}: unknown key")
+        elif e["type"] == "missing":
+            out.append(f"{path}: required key is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            out.append(f"{path}: {msg} (got {e.get('input')!r})")
+    return out
+
+
+def load_config_tree(tree: Any, source: str = "") -> Config:
+    """Validate an already expanded YAML tree. Raises ConfigError listing every problem."""
+    if not isinstance(tree, dict):
+        raise ConfigError(["top level: expected a mapping of receivers/processors/exporters/"
+                           "service"], source)
+    try:
+        raw = _RawConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_problems(err, []), source) from None
+
+    problems: list[str] = []
+    kinds = {
+        "receivers": RECEIVER_TYPES,
+        "processors": processor_types(),
+        "exporters": EXPORTER_TYPES,
+    }
+    typed: dict[str, dict[str, StrictModel]] = {}
+    for section, types in kinds.items():
+        typed[section] = {}
+        for key, body in getattr(raw, section).items():
+            ctype = component_type(key)
+            model = types.get(ctype)
+            if model is None:
+                problems.append(f"{section}.{key}: unknown {section[:-1]} type {ctype!r} "
+                                f"(known: {', '.join(sorted(types))})")
+                continue
+            try:
+                typed[section][key] = model.model_validate(body or {})
+            except ValidationError as err:
+                problems.extend(_problems(err, [section, key]))
+
+    logs = raw.service.pipelines.logs
+    for section, names in (("receivers", logs.receivers), ("processors", logs.processors),
+                           ("exporters", logs.exporters)):
+        for i, name in enumerate(names):
+            if name not in getattr(raw, section):
+                problems.append(f"service.pipelines.logs.{section}.{i}: {name!r} is not "
+                                f"defined under top-level `{section}:`")
+    if not logs.receivers:
+        problems.append("service.pipelines.logs.receivers: at least one receiver is needed")
+    if not logs.exporters:
+        problems.append("service.pipelines.logs.exporters: at least one exporter is needed")
+    for key, cfg in typed["exporters"].items():
+        if isinstance(cfg, OtlpHttpExporterConfig) and not (cfg.endpoint or cfg.logs_endpoint):
+            problems.append(f"exporters.{key}: needs `endpoint` or `logs_endpoint`")
+    if problems:
+        raise ConfigError(problems, source)
+    return Config(
+        receivers=typed["receivers"],
+        processors=typed["processors"],
+        exporters=typed["exporters"],
+        service=raw.service,
+        storage=raw.storage,
+        source=source,
+    )
+
+
+def load_config(path: str | Path | None = None, sets: Iterable[str] = (),
+                environ: dict[str, str] | None = None) -> Config:
+    """Read, expand, override and validate a config file.
+
+    path: YAML file, or None for the embedded default; sets: ``key.path=value`` strings.
+    Raises ConfigError (file missing or unreadable, YAML syntax, unknown keys, wrong types).
+    """
+    p = Path(path) if path is not None else default_config_path()
+    source = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([f"cannot read config file: {err.strerror or err}"], source) from None
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError([f"invalid YAML: {where}{problem}"], source) from None
+    tree = expand_env(tree, environ)
+    if not isinstance(tree, dict):
+        raise ConfigError(["top level: expected a mapping"], source)
+    for assignment in sets:
+        apply_set(tree, assignment)
+    return load_config_tree(tree, source)
+
+
+def import_object(spec: str) -> Any:
+    """``"package.module:Name"`` → the object."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,73 @@
+"""Self-telemetry metrics (Prometheus), named as the OpenTelemetry Collector names them where
+it has a name (``otelcol_*``), else under ``lipservice_*``. Counters get the ``_total``
+suffix on exposition, as the Collector's own Prometheus endpoint shows them.
+
+Processors do not touch these objects per record: they keep plain counters and expose them
+through ``collect_metrics()``, read at scrape time (see processors/base.py).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.process_collector import ProcessCollector
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+
+RECEIVER_ACCEPTED = Counter(
+    "otelcol_receiver_accepted_log_records",
+    "Log records the receiver accepted (answered with success).",
+    ["receiver", "transport"], registry=REGISTRY)
+RECEIVER_REFUSED = Counter(
+    "otelcol_receiver_refused_log_records",
+    "Log records the receiver refused (bad input, or backpressure).",
+    ["receiver", "transport", "reason"], registry=REGISTRY)
+RECEIVER_REQUESTS_FAILED = Counter(
+    "lipservice_receiver_bad_requests",
+    "Requests answered with a 4xx (or gRPC INVALID_ARGUMENT), by reason.",
+    ["receiver", "transport", "reason"], registry=REGISTRY)
+
+PROCESSOR_IN = Counter(
+    "otelcol_processor_incoming_items", "Log records entering a processor.",
+    ["processor", "otel_signal"], registry=REGISTRY)
+PROCESSOR_OUT = Counter(
+    "otelcol_processor_outgoing_items", "Log records leaving a processor.",
+    ["processor", "otel_signal"], registry=REGISTRY)
+PROCESSOR_ERRORS = Counter(
+    "lipservice_processor_errors",
+    "Batches on which a processor raised; the batch passed on unprocessed (fail open).",
+    ["processor"], registry=REGISTRY)
+PROCESSOR_FAILED_OPEN_RECORDS = Counter(
+    "lipservice_processor_failed_open_log_records",
+    "Log records that passed a processor unprocessed because it raised.",
+    ["processor"], registry=REGISTRY)
+BATCH_DURATION = Histogram(
+    "lipservice_pipeline_batch_duration_seconds",
+    "Time to run one batch through all processors.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY)
+
+EXPORTER_SENT = Counter(
+    "otelcol_exporter_sent_log_records", "Log records the backend accepted.",
+    ["exporter"], registry=REGISTRY)
+EXPORTER_SEND_FAILED = Counter(
+    "otelcol_exporter_send_failed_log_records",
+    "Log records that could not be delivered (permanent error, or retries exhausted).",
+    ["exporter"], registry=REGISTRY)
+EXPORTER_ENQUEUE_FAILED = Counter(
+    "otelcol_exporter_enqueue_failed_log_records",
+    "Log records refused because the sending queue was full.",
+    ["exporter"], registry=REGISTRY)
+EXPORTER_REJECTED = Counter(
+    "lipservice_exporter_partial_success_rejected_log_records",
+    "Log records the backend rejected in a partial-success answer.",
+    ["exporter"], registry=REGISTRY)
+EXPORTER_RETRIES = Counter(
+    "lipservice_exporter_retries", "Export attempts that were retried.",
+    ["exporter"], registry=REGISTRY)
+EXPORTER_QUEUE_SIZE = Gauge(
+    "otelcol_exporter_queue_size", "Log records waiting in the sending queue.",
+    ["exporter"], registry=REGISTRY)
+EXPORTER_QUEUE_CAPACITY = Gauge(
+    "otelcol_exporter_queue_capacity", "Capacity of the sending queue, in log records.",
+    ["exporter"], registry=REGISTRY)

@@ -1,0 +1,173 @@
+"""What every processor shares: the batch in flight and the processor contract.
+
+A processor (DESIGN.md §Layout) is one module holding a pydantic ``Config`` and one class
+with one batch method::
+
+    class Config(StrictModel): ...
+
+    class MyProcessor:
+        Config = Config
+        def __init__(self, config: Config) -> None: ...
+        def process(self, batch: LogBatch) -> None: ...   # in place
+
+Optional methods the collector calls when present:
+
+- ``snapshot() -> dict`` / ``restore(state: dict) -> None``: state as plain data
+  (JSON-serialisable); the collector persists it. Processors do no I/O.
+- ``collect_metrics() -> Iterable[prometheus_client.core.Metric]``: read at scrape time,
+  so counters cost nothing per record.
+- ``close() -> None``.
+
+Fail-open rule: a processor must finish deciding before it mutates the batch (for example,
+compute the keep mask first and call :meth:`LogBatch.retain` last), so that when it raises,
+the pipeline can pass the batch on as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar, Protocol
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from pydantic import BaseModel
+
+UNKNOWN_SERVICE = "unknown_service"
+
+# Attribute names this product writes on records (DESIGN.md §Sampling semantics).
+ATTR_PATTERN_ID = "log.pattern.id"
+ATTR_TEMPLATE = "log.record.template"
+ATTR_FAMILY = "log.pattern.family"
+ATTR_ADJUSTED_COUNT = "sampling.adjusted_count"
+ATTR_DECISION = "lipservice.sampling.decision"
+
+
+def service_name(resource: Resource) -> str:
+    """The resource's ``service.name`` string, or ``unknown_service`` when absent."""
+    for kv in resource.attributes:
+        if kv.key == "service.name":
+            return kv.value.string_value or UNKNOWN_SERVICE
+    return UNKNOWN_SERVICE
+
+
+def add_str_attr(record: LogRecord, key: str, value: str) -> None:
+    """Append a string attribute to a record (no check for an existing key: callers add
+    each of their keys once per record)."""
+    record.attributes.append(KeyValue(key=key, value=AnyValue(string_value=value)))
+
+
+def add_double_attr(record: LogRecord, key: str, value: float) -> None:
+    record.attributes.append(KeyValue(key=key, value=AnyValue(double_value=value)))
+
+
+class LogBatch:
+    """One OTLP ``ExportLogsServiceRequest`` in flight, with a flat view of its records and
+    per-record side data that processors fill in for the processors after them.
+
+    Attributes (all lists are aligned with ``records``):
+        request: the decoded protobuf message, mutated in place.
+        now: seconds since the epoch for this batch (wall clock, or the replay's virtual
+            clock); processors read time only from here.
+        records: the LogRecord messages, in request order.
+        services: ``service.name`` of each record's resource.
+        pattern_ids: 16-hex pattern id per record ("" until the signature processor runs).
+        templates: template text per record ("" until the signature processor runs).
+        families: family id per record ("" until the clustering processor runs).
+        dropped_pattern_ids: pattern id of every record removed by :meth:`retain`, so
+            reports can count drops per pattern without another pass.
+    """
+
+    __slots__ = ("request", "now", "records", "services", "pattern_ids", "templates",
+                 "families", "dropped_pattern_ids", "_scope_counts")
+
+    def __init__(self, request: ExportLogsServiceRequest, now: float) -> None:
+        self.request = request
+        self.now = now
+        records: list[LogRecord] = []
+        services: list[str] = []
+        scope_counts: list[int] = []
+        for rl in request.resource_logs:
+            svc = service_name(rl.resource)
+            for sl in rl.scope_logs:
+                recs = sl.log_records
+                records.extend(recs)
+                services.extend([svc] * len(recs))
+                scope_counts.append(len(recs))
+        self.records = records
+        self.services = services
+        self._scope_counts = scope_counts
+        n = len(records)
+        self.pattern_ids: list[str] = [""] * n
+        self.templates: list[str] = [""] * n
+        self.families: list[str] = [""] * n
+        self.dropped_pattern_ids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def retain(self, keep: list[bool]) -> None:
+        """Remove every record whose ``keep`` entry is False, from the request and from the
+        side lists; empty scope and resource entries are removed too.
+
+        keep: list[bool] aligned with ``records``. Raises ValueError on a length mismatch.
+        """
+        if len(keep) != len(self.records):
+            raise ValueError(f"keep mask has {len(keep)} entries for {len(self.records)} records")
+        if all(keep):
+            return
+        i = 0
+        scope_no = 0
+        new_counts: list[int] = []
+        for rl in self.request.resource_logs:
+            for sl in rl.scope_logs:
+                n = self._scope_counts[scope_no]
+                scope_no += 1
+                recs = sl.log_records
+                kept = n
+                for j in range(n - 1, -1, -1):  # reverse, so indices stay valid
+                    if not keep[i + j]:
+                        del recs[j]
+                        kept -= 1
+                new_counts.append(kept)
+                i += n
+        # Drop emptied containers (walk backwards for stable indices).
+        rls = self.request.resource_logs
+        for r in range(len(rls) - 1, -1, -1):
+            sls = rls[r].scope_logs
+            for s in range(len(sls) - 1, -1, -1):
+                if len(sls[s].log_records) == 0:
+                    del sls[s]
+            if len(sls) == 0:
+                del rls[r]
+        self._scope_counts = [c for c in new_counts if c]
+        self.dropped_pattern_ids.extend(
+            p for p, flag in zip(self.pattern_ids, keep, strict=True) if not flag)
+        idx = [k for k, flag in enumerate(keep) if flag]
+        self.records = [self.records[k] for k in idx]
+        self.services = [self.services[k] for k in idx]
+        self.pattern_ids = [self.pattern_ids[k] for k in idx]
+        self.templates = [self.templates[k] for k in idx]
+        self.families = [self.families[k] for k in idx]
+
+
+class Processor(Protocol):
+    """The processor contract (see module docstring)."""
+
+    Config: ClassVar[type[BaseModel]]
+
+    def process(self, batch: LogBatch) -> None: ...
+
+
+def count_records(request: ExportLogsServiceRequest) -> int:
+    """Number of log records in a request."""
+    return sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+
+
+def iter_records(request: ExportLogsServiceRequest) -> Iterable[tuple[Resource, Any, LogRecord]]:
+    """(resource, scope_logs, record) for every record, in order."""
+    for rl in request.resource_logs:
+        for sl in rl.scope_logs:
+            for rec in sl.log_records:
+                yield rl.resource, sl, rec
