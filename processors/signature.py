@@ -1,20 +1,342 @@
-"""Signature processor (stand-in until issue #3 lands): passes records through."""
+"""Signature processor: the pattern (template and stable id) of every log record.
+
+Reads each record's message, masks its variable parts (processors/masking.py), mines it
+into a pattern with a Drain-family parse tree (processors/miner.py), and annotates the
+record. DESIGN.md §Hot path; issue #3. User guide: docs/signature.md.
+
+Settings (``processors: signature:`` in the YAML)
+
+==========================  ===============================  ================================
+setting                     default                          meaning
+==========================  ===============================  ================================
+``sim_threshold``           ``0.5``                          share of equal tokens for a
+                                                             message to count as a variant
+                                                             of a pattern, in (0, 1]
+``min_variable_values``     ``3``                            variants differing at the same
+                                                             positions that make those
+                                                             positions ``<*>`` (>= 2)
+``depth``                   ``2``                            leading tokens used as tree
+                                                             levels (>= 0)
+``max_children``            ``100``                          children per tree node (>= 1)
+``max_patterns``            ``50000``                        patterns kept in memory; the
+                                                             least recently used is evicted
+``max_tokens``              ``256``                          tokens of a message that are
+                                                             mined; the rest is ignored
+``message_keys``            ``[message, msg, log, event]``   fields that hold the message in
+                                                             kvlist, JSON and logfmt bodies
+``parse_json``              ``true``                         read the message field of JSON
+                                                             object string bodies
+``parse_logfmt``            ``true``                         read the message field of logfmt
+                                                             string bodies
+``emit_template``           ``false``                        also add ``log.record.template``
+``seed_templates``          ``[]``                           templates to start with (their
+                                                             ids are known before traffic)
+``cache_size``              ``100000``                       entries in each lookup cache
+                                                             (bodies, masked shapes, tokens)
+==========================  ===============================  ================================
+
+What it reads (the record itself is never changed except for the attributes it adds):
+
+- a string body, as is; if it is a JSON object (``parse_json``) or logfmt
+  (``parse_logfmt``, every token ``key=value``) with one of ``message_keys``, that field;
+- a kvlist body: the first of ``message_keys`` present (as text), else ``k=v`` pairs;
+- any other body (int, double, bool, bytes, array) as text; an empty body as ``""``.
+
+What it writes: attribute ``log.pattern.id`` (16 hex characters, see processors/miner.py
+for the id and alias rules) on every record, ``log.record.template`` when
+``emit_template`` is true; ``batch.pattern_ids[i]`` and ``batch.templates[i]`` for the
+processors after it.
+
+Hot path: one pass per batch. A record whose body was seen before costs one dict lookup;
+a new body is masked (token classification through a dict cache) and looked up by its
+masked text; only a masked shape never seen before walks the tree. The attributes are
+appended as pre-serialized bytes per pattern (``MergeFromString``), which is several
+times cheaper than building ``KeyValue`` messages per record.
+
+State: ``snapshot()`` / ``restore()`` (plain JSON data; the collector keeps it in its
+SQLite state store); metrics from ``collect_metrics()`` at scrape time.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import Field
+
 from collector.config import StrictModel
-from processors.base import LogBatch
+from processors.base import ATTR_PATTERN_ID, ATTR_TEMPLATE, LogBatch
+from processors.masking import Masker
+from processors.miner import Miner, Pattern
+
+# Bodies longer than this are not kept in the body cache and not parsed as JSON/logfmt.
+MAX_CACHED_BODY_CHARS = 2048
+MAX_PARSED_BODY_CHARS = 65536
+MAX_VALUE_DEPTH = 8
+
+_LOGFMT = re.compile(r'\s*([A-Za-z_][\w.\-/]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?=\s|\Z)')
 
 
 class Config(StrictModel):
-    pass
+    """``processors: signature:`` settings (table in the module docstring)."""
+
+    sim_threshold: float = Field(0.5, gt=0, le=1)
+    min_variable_values: int = Field(3, ge=2)
+    depth: int = Field(2, ge=0, le=16)
+    max_children: int = Field(100, ge=1)
+    max_patterns: int = Field(50_000, ge=1)
+    max_tokens: int = Field(256, ge=1)
+    message_keys: list[str] = Field(default_factory=lambda: ["message", "msg", "log", "event"])
+    parse_json: bool = True
+    parse_logfmt: bool = True
+    emit_template: bool = False
+    seed_templates: list[str] = Field(default_factory=list)
+    cache_size: int = Field(100_000, ge=0)
 
 
 class SignatureProcessor:
+    """Annotates every record with its pattern (see module docstring)."""
+
     Config = Config
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.masker = Masker(max_tokens=config.max_tokens, cache_size=config.cache_size)
+        self.miner = self._new_miner()
+        self._keys = list(config.message_keys)
+        self._key_set = frozenset(self._keys)
+        self._bodies: dict[str, Pattern] = {}
+        self._shapes: dict[str, Pattern] = {}
+        self.records_total = 0
+        self.tree_lookups_total = 0
+        self._seed()
+
+    def _new_miner(self) -> Miner:
+        c = self.config
+        return Miner(sim_threshold=c.sim_threshold, depth=c.depth, max_children=c.max_children,
+                     min_variable_values=c.min_variable_values, max_patterns=c.max_patterns)
+
+    def _seed(self) -> None:
+        for template in self.config.seed_templates:
+            tokens = self.masker.mask(template)
+            if " ".join(tokens) not in self._shapes:
+                self._shapes[" ".join(tokens)] = self.miner.seed(tokens)
+
+    # ------------------------------------------------------------------ hot path
 
     def process(self, batch: LogBatch) -> None:
-        return None
+        """Annotate every record of the batch in place (one pass; fail-open: all patterns
+        are found before any record is touched)."""
+        records = batch.records
+        if not records:
+            return
+        bodies_get = self._bodies.get
+        slow = self._pattern_of
+        pats: list[Pattern] = []
+        add = pats.append
+        for rec in records:
+            text = rec.body.string_value
+            p = bodies_get(text) if text else None
+            if p is None or not p.alive:
+                p = slow(rec, text)
+            add(p)
+        # decided; now mutate
+        self.records_total += len(pats)
+        counts = Counter(pats)
+        for p, c in counts.items():
+            p.count += c
+        self.miner.touch(counts)
+        attrs = self._attr_bytes
+        for rec, p in zip(records, pats, strict=True):
+            rec.MergeFromString(p.attr_bytes or attrs(p))
+        batch.pattern_ids[:] = [p.id for p in pats]
+        batch.templates[:] = [p.template for p in pats]
+
+    def _attr_bytes(self, p: Pattern) -> bytes:
+        attrs = [KeyValue(key=ATTR_PATTERN_ID, value=AnyValue(string_value=p.id))]
+        if self.config.emit_template:
+            attrs.append(KeyValue(key=ATTR_TEMPLATE, value=AnyValue(string_value=p.template)))
+        p.attr_bytes = LogRecord(attributes=attrs).SerializeToString()
+        return p.attr_bytes
+
+    def _pattern_of(self, rec: LogRecord, text: str) -> Pattern:
+        """The pattern of a record whose string body is not in the body cache (or whose
+        body is not a string)."""
+        if text:
+            return self.pattern_of_body(text)
+        return self.pattern_for(self.message_of_value(rec.body))
+
+    def pattern_of_body(self, text: str) -> Pattern:
+        """The live pattern of a string body (body cache, message extraction, mining): what
+        ``process`` does for one record, without the protobuf work."""
+        cached = self._bodies.get(text)
+        if cached is not None:
+            live = cached.live()
+            if live is not None:
+                if live is not cached:
+                    self._bodies[text] = live
+                return live
+        p = self.pattern_for(self.message_of_string(text))
+        if len(text) <= MAX_CACHED_BODY_CHARS:
+            if len(self._bodies) >= self.config.cache_size:
+                self._bodies.clear()
+            self._bodies[text] = p
+        return p
+
+    def pattern_for(self, message: str) -> Pattern:
+        """The live pattern of a message text (masking, shape cache, then the tree)."""
+        tokens = self.masker.mask(message)
+        key = " ".join(tokens)
+        p = self._shapes.get(key)
+        if p is not None:
+            live = p.live()
+            if live is not None:
+                if live is not p:
+                    self._shapes[key] = live
+                return live
+        self.tree_lookups_total += 1
+        p = self.miner.add(tokens, key)
+        if len(self._shapes) >= self.config.cache_size:
+            self._shapes.clear()
+        self._shapes[key] = p
+        return p
+
+    # ------------------------------------------------------------------ message extraction
+
+    def message_of_string(self, text: str) -> str:
+        """The message of a string body: the message field of a JSON object or logfmt
+        body when enabled and present, else the text itself."""
+        if len(text) > MAX_PARSED_BODY_CHARS:
+            return text
+        head = text.lstrip()[:1]
+        if head == "{" and self.config.parse_json:
+            try:
+                obj = json.loads(text)
+            except (ValueError, RecursionError):
+                return text
+            if isinstance(obj, dict):
+                for k in self._keys:
+                    if k in obj:
+                        return _json_text(obj[k])
+            return text
+        if self.config.parse_logfmt and "=" in text:
+            pairs = _logfmt(text)
+            if pairs:
+                for k in self._keys:
+                    if k in pairs:
+                        return pairs[k]
+        return text
+
+    def message_of_value(self, body: AnyValue) -> str:
+        """The message of a non-string (or empty) body: the message field of a kvlist,
+        else the value as text."""
+        if body.WhichOneof("value") == "kvlist_value":
+            values = {kv.key: kv.value for kv in body.kvlist_value.values
+                      if kv.key in self._key_set}
+            for k in self._keys:
+                if k in values:
+                    return anyvalue_text(values[k])
+        return anyvalue_text(body)
+
+    # ------------------------------------------------------------------ state, metrics
+
+    def snapshot(self) -> dict[str, Any]:
+        """The miner's patterns, ids and aliases as plain JSON data (see Miner.snapshot)."""
+        return self.miner.snapshot()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a snapshot (raises ValueError on a malformed one and then keeps the current
+        state); seed templates missing from it are added again."""
+        miner = self._new_miner()
+        miner.restore(state)
+        self.miner = miner
+        self._bodies.clear()
+        self._shapes.clear()
+        self._seed()
+
+    def resolve(self, pattern_id: str) -> str:
+        """The live id for a pattern id that may have been merged (alias)."""
+        return self.miner.resolve(pattern_id)
+
+    def collect_metrics(self) -> Iterator[Metric]:
+        """lipservice_signature_* metric families, read at scrape time."""
+        m = self.miner
+        yield GaugeMetricFamily("lipservice_signature_patterns",
+                                "Patterns held in memory by the signature processor.",
+                                value=len(m.patterns))
+        yield CounterMetricFamily("lipservice_signature_patterns_created",
+                                  "Patterns created.", value=m.created_total)
+        yield CounterMetricFamily("lipservice_signature_patterns_evicted",
+                                  "Patterns evicted (least recently used, max_patterns).",
+                                  value=m.evicted_total)
+        yield CounterMetricFamily("lipservice_signature_patterns_merged",
+                                  "Patterns merged into another one (their ids became aliases).",
+                                  value=m.merged_total)
+        yield CounterMetricFamily("lipservice_signature_log_records",
+                                  "Log records annotated with a pattern.",
+                                  value=self.records_total)
+        yield CounterMetricFamily("lipservice_signature_tree_lookups",
+                                  "Records whose masked shape was not cached (parse tree walked).",
+                                  value=self.tree_lookups_total)
+        ratio = 1.0 - self.tree_lookups_total / self.records_total if self.records_total else 0.0
+        yield GaugeMetricFamily("lipservice_signature_cache_hit_ratio",
+                                "Share of records resolved from the body or shape cache.",
+                                value=ratio)
+
+
+def anyvalue_text(value: AnyValue, depth: int = 0) -> str:
+    """An AnyValue as text: strings as is, scalars as their literal, bytes as hex, arrays
+    as ``[a, b]``, kvlists as ``k=v`` pairs; nesting deeper than MAX_VALUE_DEPTH as ``…``."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return ""
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    if kind == "int_value":
+        return str(value.int_value)
+    if kind == "double_value":
+        return repr(value.double_value)
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    if depth >= MAX_VALUE_DEPTH:
+        return "…"
+    if kind == "array_value":
+        return "[" + ", ".join(anyvalue_text(v, depth + 1)
+                               for v in value.array_value.values) + "]"
+    return " ".join(f"{kv.key}={anyvalue_text(kv.value, depth + 1)}"
+                    for kv in value.kvlist_value.values)
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _logfmt(text: str) -> dict[str, str] | None:
+    """The pairs of a logfmt line (every token ``key=value``, values optionally quoted),
+    or None when the text is not logfmt."""
+    pairs: dict[str, str] = {}
+    pos = 0
+    end = len(text.rstrip())
+    while pos < end:
+        m = _LOGFMT.match(text, pos)
+        if m is None:
+            return None
+        v = m.group(2)
+        if v.startswith('"'):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                v = v[1:-1]
+        pairs.setdefault(m.group(1), v)
+        pos = m.end()
+    return pairs or None

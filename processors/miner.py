@@ -1,0 +1,362 @@
+"""The template miner: a Drain-family parse tree over masked token lists.
+
+Input is the token list from processors/masking.py (variables already ``<*>``). Patterns
+live in a tree as in Drain (He et al., ICWS 2017): a first level by token count, then
+``depth`` levels keyed by the leading tokens (a token holding ``<*>`` goes to the ``<*>``
+child, and so does any new token once a node has ``max_children``), then a leaf list.
+
+Matching a message in its leaf (the change from Drain that makes one default config work
+on every source):
+
+1. A pattern that the message fits exactly (every position equal, or ``<*>`` in the
+   pattern) takes it; among several, the most specific, then the oldest.
+2. Otherwise the most similar pattern (share of equal positions >= ``sim_threshold``)
+   names the positions that differ. Drain would turn those positions into ``<*>`` at once,
+   which merges messages that differ in one constant word (``... HTTPS`` and
+   ``... SOCKS5``, ``Starting``/``Ending``) into one pattern. Here the message becomes a
+   pattern of its own, a *sibling*, until ``min_variable_values`` patterns of the leaf
+   differ only at those positions: then the position has shown enough distinct values to
+   be a variable, and the siblings merge into the oldest one, whose template generalises.
+3. No pattern reaches the threshold: the message creates a new pattern.
+
+Pattern ids and aliases (the rules users rely on; also in docs/signature.md):
+
+- A pattern's id is ``xxh3_64`` of its template text (UTF-8), as 16 lowercase hex
+  characters, taken when the pattern is created. Two processes or replicas that create the
+  same template derive the same id, also after a restart.
+- The id never changes while the pattern lives, also when its template generalises.
+- A message whose masked text equals the creation template of a live pattern (or of one
+  merged into it) joins that pattern without a tree search.
+- When siblings merge (rule 2), the oldest keeps its id and the others' ids become
+  *aliases* of it: ``resolve(id)`` gives the surviving id; statistics and policies kept
+  under an alias belong to the survivor. Aliases of aliases are flattened.
+- In the rare case that a template is created again while a pattern created from the same
+  text still lives elsewhere (or its id is an alias), the new id is ``xxh3_64`` of
+  ``"<template id>#<n>"`` with the smallest free ``n``, so ids stay unique.
+- ``max_patterns`` bounds live patterns: the least recently used is evicted (counted), its
+  aliases are dropped, and a later message of that shape creates a pattern again (with the
+  id of its then template). Aliases are bounded by ``max_patterns`` too (oldest dropped).
+
+Errors: none for any token list; ``restore`` raises ValueError on malformed state.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import xxhash
+
+VAR = "<*>"
+_LEAF = ""  # key of the leaf list in a tree node (no token is the empty string)
+SNAPSHOT_VERSION = 1
+
+
+def pattern_id(template: str) -> str:
+    """16 hex characters: xxh3_64 of the UTF-8 template text (stable across processes)."""
+    return xxhash.xxh3_64_hexdigest(template.encode("utf-8", "surrogatepass"))
+
+
+class Pattern:
+    """One mined pattern. ``tokens`` and ``template`` change as it generalises; ``id``
+    never does. ``alive`` is False once merged (``merged_into`` is then set) or evicted."""
+
+    __slots__ = ("id", "tokens", "template", "count", "alive", "merged_into", "leaf",
+                 "path", "seq", "keys", "attr_bytes")
+
+    def __init__(self, pid: str, tokens: list[str], seq: int, path: tuple[str, ...]) -> None:
+        self.id = pid
+        self.tokens = tokens
+        self.template = " ".join(tokens)
+        self.count = 0
+        self.alive = True
+        self.merged_into: Pattern | None = None
+        self.leaf: list[Pattern] | None = None
+        self.path = path
+        self.seq = seq
+        self.keys: list[str] = []  # creation-template ids that lead to this pattern
+        self.attr_bytes: bytes | None = None  # serialized attributes, set by the processor
+
+    def live(self) -> Pattern | None:
+        """This pattern, or the live pattern it was merged into; None if evicted."""
+        p: Pattern | None = self
+        while p is not None and not p.alive:
+            p = p.merged_into
+        return p
+
+
+class Miner:
+    """Online template miner (see module docstring).
+
+    sim_threshold: float in (0, 1], share of equal positions for a message to count as a
+        variant of a pattern (rule 2).
+    depth: int >= 0, leading tokens used as tree levels below the token-count level.
+    max_children: int >= 1, children per tree node before new tokens share the ``<*>`` child.
+    min_variable_values: int >= 2, sibling patterns differing at the same positions that
+        make those positions variables.
+    max_patterns: int >= 1, live patterns kept (least recently used evicted beyond).
+    """
+
+    def __init__(self, sim_threshold: float = 0.5, depth: int = 2, max_children: int = 100,
+                 min_variable_values: int = 3, max_patterns: int = 50_000) -> None:
+        if not 0 < sim_threshold <= 1:
+            raise ValueError("sim_threshold must be in (0, 1]")
+        if depth < 0 or max_children < 1 or min_variable_values < 2 or max_patterns < 1:
+            raise ValueError("depth >= 0, max_children >= 1, min_variable_values >= 2 and "
+                             "max_patterns >= 1 are required")
+        self.sim_threshold = sim_threshold
+        self.depth = depth
+        self.max_children = max_children
+        self.min_variable_values = min_variable_values
+        self.max_patterns = max_patterns
+        self._root: dict[int, dict[str, Any]] = {}
+        self.patterns: OrderedDict[str, Pattern] = OrderedDict()  # id -> live, LRU first
+        self.aliases: dict[str, str] = {}  # merged id -> surviving id (insertion ordered)
+        self._created: dict[str, Pattern] = {}  # creation-template id -> pattern
+        self._seq = 0
+        self.created_total = 0
+        self.evicted_total = 0
+        self.merged_total = 0
+
+    # ------------------------------------------------------------------ matching
+
+    def add(self, tokens: list[str], key: str | None = None) -> Pattern:
+        """The live pattern for a masked token list (``key``: ``" ".join(tokens)`` if the
+        caller has it), creating, or merging siblings, as needed."""
+        if key is None:
+            key = " ".join(tokens)
+        key_id = pattern_id(key)
+        known = self._created.get(key_id)
+        if known is not None:
+            p = known.live()
+            if p is not None:
+                return p
+        leaf = self._find_leaf(tokens)
+        if leaf:
+            best, diff = self._best(leaf, tokens)
+            if best is not None:
+                if not diff:
+                    return best
+                siblings = [q for q in leaf if _fits_outside(q.tokens, tokens, diff)]
+                if len(siblings) + 1 >= self.min_variable_values:
+                    keep = self._merge(siblings, tokens)
+                    self._remember(key_id, keep)
+                    return keep
+        return self._create(tokens, key_id)
+
+    def _find_leaf(self, tokens: list[str]) -> list[Pattern] | None:
+        node = self._root.get(len(tokens))
+        if node is None:
+            return None
+        for tok in tokens[: self.depth]:
+            child = node.get(VAR if VAR in tok else tok)
+            if child is None:
+                child = node.get(VAR)
+                if child is None:
+                    return None
+            node = child
+        return node.get(_LEAF)
+
+    def _make_leaf(self, tokens: list[str], path: tuple[str, ...] | None = None,
+                   ) -> tuple[list[Pattern], tuple[str, ...]]:
+        node = self._root.get(len(tokens))
+        if node is None:
+            node = self._root[len(tokens)] = {}
+        keys = []
+        for i, tok in enumerate(tokens[: self.depth]):
+            if path is not None and i < len(path):
+                key = path[i]
+            else:
+                key = VAR if VAR in tok else tok
+                if key not in node and len(node) >= self.max_children:
+                    key = VAR
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            keys.append(key)
+            node = child
+        leaf = node.get(_LEAF)
+        if leaf is None:
+            leaf = node[_LEAF] = []
+        return leaf, tuple(keys)
+
+    def _best(self, leaf: list[Pattern], tokens: list[str]) -> tuple[Pattern | None, list[int]]:
+        """The closest pattern of the leaf and the positions where its constant tokens
+        differ from ``tokens`` ([] for an exact fit); (None, []) below the threshold."""
+        best = None
+        best_key = (-1.0, 0, 0)
+        n = len(tokens)
+        for p in leaf:
+            same = wild = 0
+            for a, b in zip(p.tokens, tokens, strict=True):
+                if a == b:
+                    same += 1
+                elif a == VAR:
+                    wild += 1
+            key = (2.0 if same + wild == n else same / n, -wild, -p.seq)
+            if key > best_key:
+                best, best_key = p, key
+        if best is None or best_key[0] < self.sim_threshold:
+            return None, []
+        diff = [i for i, (a, b) in enumerate(zip(best.tokens, tokens, strict=True))
+                if a != b and a != VAR]
+        return best, diff
+
+    # ------------------------------------------------------------------ changes
+
+    def _create(self, tokens: list[str], key_id: str) -> Pattern:
+        pid = key_id
+        n = 0
+        while pid in self.patterns or pid in self.aliases:
+            n += 1
+            pid = pattern_id(f"{key_id}#{n}")
+        leaf, path = self._make_leaf(tokens)
+        self._seq += 1
+        p = Pattern(pid, list(tokens), self._seq, path)
+        self._insert(p, leaf)
+        self._remember(key_id, p)
+        self.created_total += 1
+        self._evict()
+        return p
+
+    def _insert(self, p: Pattern, leaf: list[Pattern]) -> None:
+        p.leaf = leaf
+        leaf.append(p)
+        self.patterns[p.id] = p
+
+    def _remember(self, key_id: str, p: Pattern) -> None:
+        old = self._created.get(key_id)
+        if old is not None and old is not p:
+            old.keys.remove(key_id)
+        if old is not p:
+            self._created[key_id] = p
+            p.keys.append(key_id)
+
+    def _merge(self, group: list[Pattern], tokens: list[str]) -> Pattern:
+        """Generalise the oldest pattern of ``group`` over the group and ``tokens``; the
+        others become aliases of it."""
+        group.sort(key=lambda q: q.seq)
+        keep = group[0]
+        new = list(keep.tokens)
+        for toks in [*(q.tokens for q in group[1:]), tokens]:
+            for i, (a, b) in enumerate(zip(new, toks, strict=True)):
+                if a != b:
+                    new[i] = VAR
+        keep.tokens = new
+        keep.template = " ".join(new)
+        keep.attr_bytes = None
+        for q in group[1:]:
+            keep.count += q.count
+            self._unlink(q)
+            q.merged_into = keep
+            for k in q.keys:
+                self._created[k] = keep
+            keep.keys.extend(q.keys)
+            q.keys = []
+            self._add_alias(q.id, keep.id)
+            self.merged_total += 1
+        return keep
+
+    def _add_alias(self, old: str, new: str) -> None:
+        for k, v in self.aliases.items():
+            if v == old:
+                self.aliases[k] = new
+        self.aliases[old] = new
+        while len(self.aliases) > self.max_patterns:
+            del self.aliases[next(iter(self.aliases))]
+
+    def _unlink(self, p: Pattern) -> None:
+        p.alive = False
+        if p.leaf is not None:
+            p.leaf.remove(p)
+            p.leaf = None
+        self.patterns.pop(p.id, None)
+
+    def _evict(self) -> None:
+        while len(self.patterns) > self.max_patterns:
+            _, old = self.patterns.popitem(last=False)
+            self._unlink(old)
+            for k in old.keys:
+                if self._created.get(k) is old:
+                    del self._created[k]
+            old.keys = []
+            stale = [k for k, v in self.aliases.items() if v == old.id]
+            for k in stale:
+                del self.aliases[k]
+            self.evicted_total += 1
+
+    def touch(self, patterns: Any) -> None:
+        """Mark live patterns as recently used (LRU order); ``patterns``: iterable."""
+        move = self.patterns.move_to_end
+        for p in patterns:
+            if p.alive:
+                move(p.id)
+
+    def resolve(self, pid: str) -> str:
+        """The live id an id stands for: itself, or the id it was merged into."""
+        return self.aliases.get(pid, pid)
+
+    def seed(self, tokens: list[str]) -> Pattern:
+        """Create a pattern for a masked template unless one fits it exactly already."""
+        leaf = self._find_leaf(tokens)
+        if leaf:
+            best, diff = self._best(leaf, tokens)
+            if best is not None and not diff and best.tokens == tokens:
+                return best
+        return self._create(tokens, pattern_id(" ".join(tokens)))
+
+    # ------------------------------------------------------------------ state
+
+    def snapshot(self) -> dict[str, Any]:
+        """The miner's state as plain JSON-serialisable data (patterns in LRU order)."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "patterns": [
+                {"id": p.id, "template": p.template, "count": p.count, "seq": p.seq,
+                 "path": list(p.path), "keys": list(p.keys)}
+                for p in self.patterns.values()
+            ],
+            "aliases": dict(self.aliases),
+            "seq": self._seq,
+            "created_total": self.created_total,
+            "evicted_total": self.evicted_total,
+            "merged_total": self.merged_total,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace the miner's state with a snapshot. Raises ValueError when ``state`` is
+        not a snapshot of this version (the miner is then left unchanged)."""
+        try:
+            if state.get("version") != SNAPSHOT_VERSION:
+                raise ValueError(f"unsupported snapshot version {state.get('version')!r}")
+            rows = [(str(r["id"]), str(r["template"]), int(r.get("count", 0)),
+                     int(r.get("seq", 0)), tuple(str(k) for k in r.get("path", ())),
+                     [str(k) for k in r.get("keys", ())]) for r in state["patterns"]]
+            aliases = {str(k): str(v) for k, v in dict(state.get("aliases", {})).items()}
+            counters = [int(state.get(k, 0)) for k in
+                        ("seq", "created_total", "evicted_total", "merged_total")]
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"malformed miner snapshot: {err}") from None
+        self._root = {}
+        self.patterns = OrderedDict()
+        self._created = {}
+        for pid, template, count, seq, path, keys in rows:
+            tokens = template.split(" ") if template else []
+            leaf, real_path = self._make_leaf(tokens, path or None)
+            p = Pattern(pid, tokens, seq, real_path)
+            p.count = count
+            self._insert(p, leaf)
+            for k in keys or [pid]:
+                self._remember(k, p)
+        self.aliases = {k: v for k, v in aliases.items() if v in self.patterns}
+        self._seq = max([counters[0], *(r[3] for r in rows)])
+        self.created_total, self.evicted_total, self.merged_total = counters[1:]
+        self._evict()
+
+
+def _fits_outside(pat: list[str], tokens: list[str], diff: list[int]) -> bool:
+    """True when ``pat`` equals ``tokens`` (or has ``<*>``) at every position not in
+    ``diff``."""
+    skip = set(diff)
+    return all(i in skip or a == VAR or a == b
+               for i, (a, b) in enumerate(zip(pat, tokens, strict=True)))
