@@ -7,41 +7,54 @@ system a line comes from.
 How a message is masked (``Masker.mask(text) -> list[str]``):
 
 1. Quoted strings (``'...'`` and ``"..."`` that start and end at a token boundary) become
-   one ``<*>`` with their quotes kept, so spaces inside them do not split the message.
+   ``'<*>'`` / ``"<*>"``, so spaces inside them do not split the message.
 2. The text is split on whitespace (at most ``max_tokens`` tokens; the rest is ignored).
-3. Each token is classified on its own, through a dict cache (a token seen before costs one
-   dict lookup). The rules for one token, in this order, so that no rule destroys another's
-   match (a digits rule run first would cut ``10.0.0.1:8080`` or ``2023-10-09`` into pieces):
+3. Each token is classified on its own. Wrapping punctuation (``([{'"`` before,
+   ``)]}'",;:.!?`` after; a closer whose opener is inside the token stays) is kept aside,
+   then, in this order, so that no rule destroys another's match (a digits rule run first
+   would cut ``10.0.0.1:8080`` or ``2023-10-09`` into pieces):
 
-   - wrapping punctuation (``([{'"`` before, ``)]}'",;:.!?`` after) is kept aside;
-   - whole-token shapes, most specific first: URL, e-mail, UUID, MAC, date/time stamp,
-     IPv4 with optional port or prefix, IPv6 (optionally ``[...]:port``), file path
-     (POSIX, ``~/``, ``./``, Windows), hex (``0x1f``, or 8+ hex digits with a digit),
-     duration or size with a unit (``35ms``, ``1.5GB``, ``99%``), number (integer, float,
-     exponent, sign or ``<``/``>`` in front), host:port, ``true``/``false``/``null``;
-   - ``key=value`` pairs inside the token (also several, split by ``,`` ``;`` ``&``):
-     every non-empty value becomes ``<*>`` (``uid=42`` → ``uid=<*>``, ``logname=`` stays);
-   - ``key:value`` inside the token (``isOverlap:true`` → ``isOverlap:<*>``);
-   - otherwise the token is cut at brackets and separators and each piece is tested as a
-     whole-token shape, or as an identifier mixing letters and digits (``blk_-42``,
-     ``rdd_2_2``, ``core.114``: a piece with an all-digit part, 8+ hex digits, or 4+ digits
-     or 6+ characters with 2+ digits). Short words with a digit (``ssh2``, ``jk2_init``)
-     stay constant.
+   a. whole-token shapes; each masks the whole core, so their order among themselves
+      cannot matter: numbers (sign, ``<``/``>``, decimals, exponent), IPv4 with port or
+      prefix, dates, times and timestamps (ISO 8601, ``2016/9/27:20:40:53.744``,
+      ``17-Jun-2005``), versions and ranges (digits and ``.:,-/+_~`` only), hex (``0x1f``;
+      8+ hex digits with a digit), UUID, MAC, IPv6 (also ``[::1]:8080``), URL, e-mail,
+      paths (POSIX, ``~/``, ``./``, relative with 2+ ``/``, Windows), durations and sizes
+      with a unit (``35ms``, ``1.5GB``, ``99%``), host names with a known top-level
+      domain (and ``:port``), ``true``/``false``/``null``/``None``/``nil``, and
+      identifiers mixing letters and digits (``blk_-42``, ``rdd_2_2``, ``core.114``,
+      ``i3beln7k``: a part of only digits between ``._-~+#``, 4+ digits, 8+ hex
+      characters, or 2+ digits in 4+ letter/digit runs; so ``ssh2``, ``e820``,
+      ``Http11Processor`` stay words);
+   b. ``key=value`` pairs inside the token (several, split by ``,`` ``;`` ``&``; values
+      may hold balanced brackets): every non-empty value becomes ``<*>`` (``uid=42`` →
+      ``uid=<*>``, ``logname=`` stays);
+   c. ``key:value`` inside the token (``isOverlap:true`` → ``isOverlap:<*>``);
+   d. otherwise the token is cut at brackets and separators (``()[]{}<>,;|"'=:``) and
+      each piece goes through rule a (``Rect(0,`` → ``Rect(<*>,``).
 
 4. Context rules over the token list:
 
    - a unit word after a variable (``35 ms``, ``2034 bytes``, ``(1.98 KB)``) joins it;
    - a month or weekday name next to a variable joins it (``Sun Jul 24 02:38:22 2005``);
-   - ``key: value`` and ``key = value`` where the value is one token closed by ``,`` ``;``
-     or the end of the message: the value becomes ``<*>``;
+   - ``key: value`` and ``key = value`` where the value is one plain word closed by ``,``
+     ``;`` or the end of the message: the value becomes ``<*>`` (``state: RUNNING``);
    - runs of variables collapse: consecutive tokens that are nothing but ``<*>`` (with
-     brackets around it, or empty brackets such as ``()``) become one ``<*>`` token, so a
-     value that takes one token in one line and three in the next (``785 bytes`` vs
-     ``2034 bytes (1.98 KB)``, ``<1 sec`` vs ``00:39``) gives one template.
+     brackets or punctuation around it, or empty brackets such as ``()``) become one
+     ``<*>`` token, so a value that takes one token in one line and three in the next
+     (``785 bytes`` vs ``2034 bytes (1.98 KB)``, ``<1 sec`` vs ``00:39``) gives one
+     template.
 
-The result is the token list of the masked message; ``" ".join(tokens)`` is the key the
-miner caches on. Errors: none raised for any str input (an empty or blank message gives
-``[]``).
+The result is the token list of the masked message; ``" ".join(tokens)`` is the template
+text. ``classify`` (steps 1-3) and ``finish`` (step 4) are separate so that a caller can
+cache on the classified tokens and run the context rules only for new shapes. Errors:
+none raised for any str input (an empty or blank message gives ``[]``).
+
+Speed (DESIGN.md §Hot path): a token seen before costs one dict lookup. A new token with
+digits is first looked up by its *skeleton* (digits replaced by ``5``): no rule depends on
+digit values (``0x`` prefixes aside, which skip this cache), so ``blk_123`` and ``blk_456``
+cost one classification. The character tests before each regex are C-level string
+operations; the regexes that remain are small and picked by the characters present.
 """
 
 from __future__ import annotations
@@ -76,71 +89,119 @@ _HOST = rf"(?=[\w\-.]*[a-z])[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.{_TLD}"
 _DATE = (rf"(?:\d{{4}}[-/.]\d{{1,2}}[-/.]\d{{1,2}}|\d{{1,2}}[-/.]\d{{1,2}}[-/.]\d{{2,4}}"
          rf"|\d{{1,2}}[-/]{_MONTH}[-/]\d{{2,4}})")
 
-# Whole-token shapes. Order matters only for readability: each alternative is anchored on
-# the whole core, so a more general rule cannot cut a more specific shape apart.
-_SHAPES = [
-    r"[A-Za-z][A-Za-z0-9+.\-]*://\S*",                                   # URL
-    r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+",                                 # e-mail
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",  # UUID
-    r"[0-9A-Fa-f]{2}(?:[:\-][0-9A-Fa-f]{2}){5}",                         # MAC
-    rf"{_DATE}(?:[T_:\- ]?{_TIME}{_ZONE})?",                             # date / timestamp
-    rf"{_TIME}{_ZONE}",                                                  # time of day
-    rf"/?{_IPV4}(?::\d{{1,5}})?(?:/\d{{1,2}})?",                         # IPv4[:port][/n]
-    rf"\[?{_IPV6}\]?(?::\d{{1,5}})?",                                    # IPv6
-    r"(?:~|\.{1,2})?/(?:[^/\s]*/)+[^/\s]*|(?:/|\.{1,2}/)[\w.\-]+"        # POSIX path
-    r"|[\w.\-]+(?:/[\w.\-]+){2,}/?",
-    r"[A-Za-z]:\\[^\s]*",                                                # Windows path
-    r"0[xX][0-9A-Fa-f]+|(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}",              # hex
-    rf"{_NUM}{_UNIT}",                                                   # duration / size
-    _NUM,                                                                # number
-    rf"{_HOST}(?::\d{{1,5}})?",                                           # host name[:port]
-    r"true|false|null|True|False|None|NULL|nil",                         # literal value
-]
-_SHAPE = re.compile("(?:" + "|".join(_SHAPES) + r")\Z")
+# Whole-token shapes. Each is anchored on the whole core, and each masks all of it, so a
+# more general rule cannot cut a more specific shape apart whatever the order. Which
+# shapes are tried is picked by cheap character tests (one small regex instead of one
+# big alternation); every shape is listed under each character it can contain.
+_URL = r"[A-Za-z][A-Za-z0-9+.\-]*://\S*"
+_EMAIL = r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+"
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_MAC = r"[0-9A-Fa-f]{2}(?:[:\-][0-9A-Fa-f]{2}){5}"
+_STAMP = rf"{_DATE}(?:[T_:\- ]?{_TIME}{_ZONE})?"                  # date [time]
+_CLOCK = rf"{_TIME}{_ZONE}"                                        # time of day
+_IP4 = rf"/?{_IPV4}(?::\d{{1,5}})?(?:/\d{{1,2}})?"                 # IPv4[:port][/n]
+_IP6 = rf"\[?{_IPV6}\]?(?::\d{{1,5}})?"                            # IPv6[:port]
+_POSIX = (r"(?:~|\.{1,2})?/(?:[^/\s]*/)+[^/\s]*|(?:/|\.{1,2}/)[\w.\-]+"
+          r"|[\w.\-]+(?:/[\w.\-]+){2,}/?")
+_WINPATH = r"[A-Za-z]:\\[^\s]*"
+_HEX = r"0[xX][0-9A-Fa-f]+|(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}"
+_QUANTITY = rf"{_NUM}{_UNIT}"                                       # duration / size
+_HOSTPORT = rf"{_HOST}(?::\d{{1,5}})?"                              # host name[:port]
+_LITERAL = r"true|false|null|True|False|None|NULL|nil"
+
+
+def _any_of(*shapes: str) -> re.Pattern[str]:
+    return re.compile("(?:" + "|".join(shapes) + r")\Z")
+
+
+_SHAPE = _any_of(_URL, _EMAIL, _UUID, _MAC, _STAMP, _CLOCK, _IP4, _IP6, _POSIX, _WINPATH,
+                 _HEX, _QUANTITY, _NUM, _HOSTPORT, _LITERAL)
+_SHAPE_SLASH = _any_of(_STAMP, _IP4, _POSIX, _WINPATH)    # has / or \ (no :// or @)
+_SHAPE_COLON = _any_of(_MAC, _STAMP, _CLOCK, _IP4, _IP6, _HOSTPORT)   # has : (none of above)
+_SHAPE_OTHER = _any_of(_UUID, _MAC, _STAMP, _IP4, _IP6, _HEX, _QUANTITY, _NUM, _HOSTPORT,
+                       _LITERAL)                          # none of : / \ @
+
+
+def _shape_match(s: str) -> bool:
+    """True when ``s`` is as a whole one of the shapes above."""
+    if "://" in s or "@" in s:
+        return _SHAPE.match(s) is not None
+    if "/" in s or "\\" in s:
+        return _SHAPE_SLASH.match(s) is not None
+    if ":" in s:
+        return _SHAPE_COLON.match(s) is not None
+    return _SHAPE_OTHER.match(s) is not None
 
 _KV = re.compile(r"([A-Za-z_][\w.\-\[\]]*=)((?:[^,;&()\[\]{}]|\([^()]*\)|\[[^\[\]]*\]|\{[^{}]*\})*)")
 _KCOLON = re.compile(r"([A-Za-z_][\w.\-]*:)([^/:\s]+)\Z")
 _PIECES = re.compile(r"([()\[\]{}<>,;|\"'=:]+)")
-_ID_PARTS = re.compile(r"[._\-~+#]+")
-_PLAIN = re.compile(r"[\w.\-]+\Z")
+_ALNUM_RUNS = re.compile(r"[A-Za-z]+|[0-9]+")
 _QUOTED = re.compile(r"(?<![\w\"'])(['\"])[^'\"]*?\1(?![\w])")
 
+# Unit words that join the number before them ("35 ms", "2034 bytes"). Of the one-letter
+# words only "B": "<n> s" or "<n> b" are too often something else.
 UNITS = frozenset(
-    "ns us µs ms s sec secs second seconds min mins minute minutes h hr hrs hour hours "
-    "d day days millis msec msecs millisecond milliseconds microsecond microseconds "
-    "nanosecond nanoseconds b B byte bytes KB kB kb KiB MB mb MiB GB gb GiB TB TiB % "
-    "records rows items".split()) - {"records", "rows", "items"}
+    ["ns", "us", "µs", "ms", "sec", "secs", "second", "seconds", "min", "mins", "minute", "minutes", "hr", "hrs", "hour", "hours", "day", "days", "millis", "msec", "msecs", "millisecond", "milliseconds", "microsecond", "microseconds", "nanosecond", "nanoseconds", "B", "byte", "bytes", "KB", "kB", "kb", "KiB", "MB", "mb", "MiB", "GB", "gb", "GiB", "TB", "TiB", "%"])
 DATE_WORDS = frozenset(
-    "Jan Feb Mar Apr May Jun Jul Aug Sep Sept Oct Nov Dec January February March April "
-    "June July August September October November December Mon Tue Wed Thu Fri Sat Sun "
-    "Monday Tuesday Wednesday Thursday Friday Saturday Sunday AM PM UTC GMT".split())
+    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec", "January", "February", "March", "April", "June", "July", "August", "September", "October", "November", "December", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "AM", "PM", "UTC", "GMT"])
 _OPEN_OF = {")": "(", "]": "[", "}": "{"}
 _CLOSE = {"(": ")", "[": "]", "{": "}", "'": "'", '"': '"'}
-_LITERALS = frozenset("true false null True False None NULL nil".split())
+_LITERALS = frozenset(["true", "false", "null", "True", "False", "None", "NULL", "nil"])
 _EMPTY_BRACKETS = frozenset(["()", "[]", "{}", "''", '""', "<>"])
 MAX_TOKEN_CHARS = 256  # longer tokens are variables (blobs), classified without a regex
 
 
-def _is_identifier_value(piece: str) -> bool:
-    """True for a piece that is an id mixing letters and digits (see module docstring)."""
-    digits = sum(c.isdigit() for c in piece)
-    if not digits:
-        return False
-    for part in _ID_PARTS.split(piece):
-        if part.isdigit():
-            return True
-    if digits >= 4 or (digits >= 2 and len(piece) >= 6):
+_B_DIGITS = b"0123456789"
+_B_NUMERIC = b"0123456789.:,-/+_~"
+_B_HEX = b"0123456789abcdefABCDEF:-_"
+_B_SEPS_TO_SPACE = bytes.maketrans(b"._-~+#", b"      ")
+_B_DIGITS_TO_5 = bytes.maketrans(b"0123456789", b"5555555555")
+_B_SHAPE = b"/@.:\\"  # a digit-free core can be a shape only if it has one of these
+_B_PIECE = b"()[]{}<>,;|\"'=:"
+
+
+def _is_identifier_value(piece: str, b: bytes, digits: int) -> bool:
+    """True for a piece (``b``: its UTF-8, ``digits``: its digit count > 0) that is an id
+    mixing letters and digits (see module docstring)."""
+    if digits >= 4 or any(map(bytes.isdigit, b.translate(_B_SEPS_TO_SPACE).split())):
         return True
-    stripped = piece.replace("-", "").replace("_", "")
-    return len(stripped) >= 8 and all(c in "0123456789abcdefABCDEF" for c in stripped)
+    if len(b) >= 8 and not b.translate(None, _B_HEX):
+        return True
+    return digits >= 2 and len(_ALNUM_RUNS.findall(piece)) >= 4  # a1b2, i3beln7k
+
+
+def _whole_var(s: str) -> bool:
+    """True when ``s`` (a token core or a piece of one) is as a whole one variable shape.
+    Every rule here masks the whole of ``s``, so their order cannot matter; rules that
+    mask a part (key=value, key:value, pieces) run only after all of these failed."""
+    if s.isdigit():
+        return True
+    if s.isalpha():
+        return s in _LITERALS
+    b = s.encode("utf-8", "surrogatepass")
+    no_digits = b.translate(None, _B_DIGITS)
+    if len(no_digits) != len(b):
+        if not b.translate(None, _B_NUMERIC):
+            return True  # numbers, IPv4[:port], dates, times, versions, ranges
+        if b[:2] in (b"0x", b"0X"):
+            if len(b) > 2 and not b[2:].translate(None, _B_HEX):
+                return True  # 0x hex
+        elif len(b) >= 8 and not b.translate(None, _B_HEX):
+            return True  # bare hex, UUID, MAC
+        if len(no_digits.translate(None, _B_PIECE)) == len(no_digits) and \
+                _is_identifier_value(s, b, len(b) - len(no_digits)):
+            return True
+    elif len(b.translate(None, _B_SHAPE)) == len(b):
+        return False
+    if "=" in s and "://" not in s:
+        return False  # key=value pairs have their own rule
+    return _shape_match(s)
 
 
 def _mask_piece(piece: str) -> str:
     if not piece or piece == VAR:
         return piece
-    if _SHAPE.match(piece) or _is_identifier_value(piece):
-        return VAR
-    return piece
+    return VAR if _whole_var(piece) else piece
 
 
 def _mask_pieces(text: str) -> str:
@@ -153,46 +214,59 @@ def _mask_pieces(text: str) -> str:
 def _split_punct(tok: str) -> tuple[str, str, str]:
     """(leading brackets, core, trailing punctuation) of a token; a closing bracket whose
     opener is inside the token stays in the core."""
-    start, end = 0, len(tok)
-    while start < end and tok[start] in _LEAD:
-        start += 1
-    while end > start and tok[end - 1] in _TRAIL:
-        c = tok[end - 1]
-        if c in _OPEN_OF and tok.count(_OPEN_OF[c], start, end) >= tok.count(c, start, end):
-            break
-        end -= 1
+    core = tok.lstrip(_LEAD)
+    start = len(tok) - len(core)
+    core = core.rstrip(_TRAIL)
+    end = start + len(core)
+    if end < len(tok) and (")" in tok or "]" in tok or "}" in tok):
+        while end < len(tok):
+            c = tok[end]
+            if c in _OPEN_OF and tok.count(_OPEN_OF[c], start, end + 1) >= \
+                    tok.count(c, start, end + 1):
+                end += 1
+            else:
+                break
     return tok[:start], tok[start:end], tok[end:]
+
+
+def _mask_core(core: str) -> str:
+    """The masked form of a token core (rule 3 of the module docstring)."""
+    if _whole_var(core):
+        return VAR
+    if "=" in core:
+        masked = _KV.sub(_kv_value, core)
+        if masked != core:
+            return _mask_pieces(masked)
+    if ":" in core:
+        m = _KCOLON.match(core)
+        if m:
+            return m.group(1) + VAR
+    return _mask_pieces(core)
+
+
+def _kv_value(m: re.Match[str]) -> str:
+    return m.group(1) + (VAR if m.group(2) else "")
 
 
 def classify_token(tok: str) -> str:
     """The masked form of one whitespace-free token (rule 3 in the module docstring)."""
-    if tok in _LITERALS:
-        return VAR
     if tok.isalpha():
-        return tok
+        return VAR if tok in _LITERALS else tok
     if tok.isdigit() or len(tok) > MAX_TOKEN_CHARS:
         return VAR
-    if VAR in tok or tok in _EMPTY_BRACKETS:
+    if tok in _EMPTY_BRACKETS:
         return tok
     lead, core, trail = _split_punct(tok)
-    if not core:
+    if not core or VAR in core:
         return tok
-    if _SHAPE.match(core):
-        return lead + VAR + trail
-    if "=" in core:
-        masked = _KV.sub(lambda m: m.group(1) + (VAR if m.group(2) else ""), core)
-        if masked != core:
-            return lead + _mask_pieces(masked) + trail
-    m = _KCOLON.match(core)
-    if m:
-        return lead + m.group(1) + VAR + trail
-    if _is_identifier_value(core) and not any(c in core for c in "()[]{}<>,;|\"'=:"):
-        return lead + VAR + trail
-    return lead + _mask_pieces(core) + trail
+    if lead and _whole_var(lead + core):  # a shape that starts with a bracket: [::1]:80
+        return VAR + trail
+    return lead + _mask_core(core) + trail
 
 
 # Token kinds, one character each, so that a whole message's kinds form a short string
-# that one regex scan can test for the context rules.
+# that one regex scan can test for the context rules. A kind depends on the masked token
+# only.
 K_CONST = "o"      # constant, nothing to do with context
 K_WORD = "w"       # plain word ([\w.-]+) with nothing around it
 K_WORD_SEP = "x"   # plain word closed by ',' or ';'
@@ -203,34 +277,44 @@ K_DATE = "d"       # a month or weekday name
 _NEEDS_CONTEXT = re.compile(r"v[vud]|d[vd]|kx|k[wud]\Z")
 
 
-def token_kind(tok: str, masked: str) -> str:
-    """The context kind (K_*) of a token and its masked form."""
+def kind_of(masked: str) -> str:
+    """The context kind (K_*) of a masked token."""
     if masked == VAR or masked in _EMPTY_BRACKETS:
         return K_VAR
     lead, core, trail = _split_punct(masked)
     if core == VAR:
         return K_VAR
-    bare = tok.strip(_LEAD + _TRAIL)
-    if bare in UNITS:
-        return K_UNIT
-    if bare in DATE_WORDS:
-        return K_DATE
-    if masked.endswith(":") or masked == "=":
+    if VAR not in masked:
+        if core in UNITS:
+            return K_UNIT
+        if core in DATE_WORDS:
+            return K_DATE
+    if masked[-1] == ":" or masked == "=":
         return K_KEY
-    if not lead and _PLAIN.match(core):
-        if not trail:
-            return K_WORD
-        if trail in (",", ";"):
-            return K_WORD_SEP
+    if VAR not in masked and not lead and trail in ("", ",", ";") and \
+            core.replace(".", "").replace("-", "").replace("_", "").isalnum():
+        return K_WORD if not trail else K_WORD_SEP
     return K_CONST
+
+
+def classify(tok: str) -> tuple[str, str]:
+    """(masked form, context kind) of one whitespace-free token."""
+    masked = classify_token(tok)
+    return masked, kind_of(masked)
 
 
 class Masker:
     """Masks messages into token lists (see module docstring).
 
     max_tokens: int >= 1, tokens kept per message (the rest is ignored).
-    cache_size: int >= 0, distinct tokens kept in the classification cache; the cache is
+    cache_size: int >= 0, distinct tokens kept in the classification caches; a cache is
         cleared when it grows past this (memory stays bounded).
+
+    Caches: token → masked token; masked token → context kind; and a *skeleton* cache for
+    new tokens with digits: the token with every digit replaced by ``5``, whose masked
+    form is reused when it holds no digit (no rule depends on digit values, except ``0x``
+    prefixes, which skip this cache). So ``blk_123`` and ``blk_456`` cost one
+    classification, and unique numeric tokens stay cheap.
     """
 
     def __init__(self, max_tokens: int = 256, cache_size: int = 100_000) -> None:
@@ -239,10 +323,17 @@ class Masker:
         self.max_tokens = max_tokens
         self.cache_size = cache_size
         self._masked: dict[str, str] = {}
-        self._kinds: dict[str, str] = {}
+        self._kind_of_masked: dict[str, str] = {}
+        self._skeletons: dict[bytes, str] = {}
 
     def mask(self, text: str) -> list[str]:
         """Masked tokens of ``text`` (see module docstring)."""
+        return self.finish(*self.classify(text))
+
+    def classify(self, text: str) -> tuple[list[str], list[str]]:
+        """(tokens, masked tokens) of ``text`` before the context rules (steps 1-3 of the
+        module docstring). ``" ".join`` of the masked tokens determines the final result,
+        so callers may cache on it and call :meth:`finish` only for new ones."""
         if ("'" in text or '"' in text) and _QUOTED.search(text):
             text = _QUOTED.sub(_quoted_var, text)
         toks = text.split(None, self.max_tokens)
@@ -250,22 +341,56 @@ class Masker:
             toks.pop()
         masked = list(map(self._masked.get, toks))
         if None in masked:
-            self._classify(toks, masked)
-        kinds = "".join(map(self._kinds.__getitem__, toks))
+            self._fill(toks, masked)
+        return toks, masked  # type: ignore[return-value]
+
+    def finish(self, toks: list[str], masked: list[str]) -> list[str]:
+        """The final tokens: the context rules (step 4) applied to :meth:`classify`'s
+        result (``toks`` is accepted for symmetry; kinds depend on masked tokens only)."""
+        kmc = self._kind_of_masked
+        if len(kmc) > self.cache_size:
+            kmc.clear()
+        kinds = "".join([kmc.get(m) or self._kind(m) for m in masked])
         if _NEEDS_CONTEXT.search(kinds):
             return _context(masked, kinds)
         return masked
 
-    def _classify(self, toks: list[str], masked: list[str | None]) -> None:
-        if len(self._masked) > self.cache_size:
-            self._masked.clear()
-            self._kinds.clear()
+    def cached(self, tok: str) -> str | None:
+        """The masked form of a token if it is in the cache, else None."""
+        return self._masked.get(tok)
+
+    def _kind(self, masked: str) -> str:
+        k = self._kind_of_masked[masked] = kind_of(masked)
+        return k
+
+    def _fill(self, toks: list[str], masked: list[str | None]) -> None:
+        """Classify the tokens not in the cache (``masked`` entries that are None)."""
+        mc, skc = self._masked, self._skeletons
+        if len(mc) > self.cache_size:
+            mc.clear()
+        if len(skc) > self.cache_size:
+            skc.clear()
         for i, m in enumerate(masked):
-            if m is None:
-                t = toks[i]
-                m = masked[i] = classify_token(t)
-                self._masked[t] = m
-                self._kinds[t] = token_kind(t, m)
+            if m is not None:
+                continue
+            t = toks[i]
+            if len(t) > MAX_TOKEN_CHARS:  # a blob: a variable, and not worth caching
+                masked[i] = VAR
+                continue
+            b = t.encode("utf-8", "surrogatepass")
+            skeleton = b.translate(_B_DIGITS_TO_5)
+            if skeleton == b or b"0x" in b or b"0X" in b:
+                m = classify_token(t)
+            else:
+                m = skc.get(skeleton)
+                if not m:
+                    if m is None:  # first token of this skeleton
+                        m = classify_token(t)
+                        mb = m.encode("utf-8", "surrogatepass")
+                        skc[skeleton] = m if mb == mb.translate(None, _B_DIGITS) else ""
+                    else:  # the skeleton's masked form keeps digits: classify this one
+                        m = classify_token(t)
+            masked[i] = mc[t] = m
 
 
 def _quoted_var(m: re.Match[str]) -> str:
@@ -282,11 +407,7 @@ def _context(masked: list[str], kinds: str) -> list[str]:
         k = kinds[i]
         var = k == K_VAR
         if not var:
-            if k == K_UNIT and last_var:
-                var = True
-            elif k == K_DATE and (last_var or (i + 1 < n and kinds[i + 1] in "vd")):
-                var = True
-            elif last_key and (k == K_WORD_SEP or (i + 1 == n and k in "wud")):
+            if k == K_UNIT and last_var or k == K_DATE and (last_var or (i + 1 < n and kinds[i + 1] in "vd")) or last_key and (k == K_WORD_SEP or (i + 1 == n and k in "wud")):
                 var = True
             if var:
                 lead, _, trail = _split_punct(m)

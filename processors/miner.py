@@ -5,18 +5,23 @@ live in a tree as in Drain (He et al., ICWS 2017): a first level by token count,
 ``depth`` levels keyed by the leading tokens (a token holding ``<*>`` goes to the ``<*>``
 child, and so does any new token once a node has ``max_children``), then a leaf list.
 
-Matching a message in its leaf (the change from Drain that makes one default config work
+Matching a message in its leaf (the change from Drain that lets one default config work
 on every source):
 
 1. A pattern that the message fits exactly (every position equal, or ``<*>`` in the
    pattern) takes it; among several, the most specific, then the oldest.
 2. Otherwise the most similar pattern (share of equal positions >= ``sim_threshold``)
-   names the positions that differ. Drain would turn those positions into ``<*>`` at once,
-   which merges messages that differ in one constant word (``... HTTPS`` and
-   ``... SOCKS5``, ``Starting``/``Ending``) into one pattern. Here the message becomes a
-   pattern of its own, a *sibling*, until ``min_variable_values`` patterns of the leaf
-   differ only at those positions: then the position has shown enough distinct values to
-   be a variable, and the siblings merge into the oldest one, whose template generalises.
+   names the positions ``D`` where its constant tokens differ from the message.
+
+   - If the message holds ``<*>`` at every position of ``D`` (the masker saw a variable
+     where the pattern has a word), the pattern generalises at once, as in Drain.
+   - Otherwise Drain would also generalise at once, which merges messages that differ in
+     one constant word (``... HTTPS`` and ``... SOCKS5``, ``Starting``/``Ending``) into
+     one pattern. Here the message becomes a pattern of its own, a *sibling*, until
+     ``min_variable_values`` x ``len(D)`` patterns of the leaf (the message included)
+     agree everywhere outside ``D``: then those positions have shown enough distinct
+     values to be variables, and the siblings merge into the oldest one, whose template
+     generalises.
 3. No pattern reaches the threshold: the message creates a new pattern.
 
 Pattern ids and aliases (the rules users rely on; also in docs/signature.md):
@@ -92,8 +97,8 @@ class Miner:
         variant of a pattern (rule 2).
     depth: int >= 0, leading tokens used as tree levels below the token-count level.
     max_children: int >= 1, children per tree node before new tokens share the ``<*>`` child.
-    min_variable_values: int >= 2, sibling patterns differing at the same positions that
-        make those positions variables.
+    min_variable_values: int >= 2, sibling patterns per differing position that make the
+        differing positions variables (rule 2).
     max_patterns: int >= 1, live patterns kept (least recently used evicted beyond).
     """
 
@@ -138,7 +143,8 @@ class Miner:
                 if not diff:
                     return best
                 siblings = [q for q in leaf if _fits_outside(q.tokens, tokens, diff)]
-                if len(siblings) + 1 >= self.min_variable_values:
+                if len(siblings) + 1 >= self.min_variable_values * len(diff) or \
+                        all(tokens[i] == VAR for i in diff):
                     keep = self._merge(siblings, tokens)
                     self._remember(key_id, keep)
                     return keep
@@ -358,5 +364,5 @@ def _fits_outside(pat: list[str], tokens: list[str], diff: list[int]) -> bool:
     """True when ``pat`` equals ``tokens`` (or has ``<*>``) at every position not in
     ``diff``."""
     skip = set(diff)
-    return all(i in skip or a == VAR or a == b
+    return all(i in skip or a in (VAR, b)
                for i, (a, b) in enumerate(zip(pat, tokens, strict=True)))

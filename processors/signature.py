@@ -75,11 +75,14 @@ from processors.base import ATTR_PATTERN_ID, ATTR_TEMPLATE, LogBatch
 from processors.masking import Masker
 from processors.miner import Miner, Pattern
 
-# Bodies longer than this are not kept in the body cache and not parsed as JSON/logfmt.
-MAX_CACHED_BODY_CHARS = 2048
-MAX_PARSED_BODY_CHARS = 65536
+# Bounds that keep memory and time per record flat whatever the input:
+MAX_CACHED_CHARS = 2048         # longer bodies, skeletons and shapes are not cached
+MAX_PARSED_BODY_CHARS = 65536   # longer string bodies are not parsed as JSON or logfmt
+MAX_MESSAGE_CHARS = 65536       # a message is mined on its first 64 KiB
 MAX_VALUE_DEPTH = 8
 
+_TO_5 = bytes.maketrans(b"0123456789", b"5555555555")
+_DIGITS = b"0123456789"
 _LOGFMT = re.compile(r'\s*([A-Za-z_][\w.\-/]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?=\s|\Z)')
 
 
@@ -113,8 +116,9 @@ class SignatureProcessor:
         self._key_set = frozenset(self._keys)
         self._bodies: dict[str, Pattern] = {}
         self._shapes: dict[str, Pattern] = {}
+        self._skeletons: dict[bytes, tuple[Pattern, tuple[tuple[int, int, bytes], ...]]] = {}
         self.records_total = 0
-        self.tree_lookups_total = 0
+        self.cache_misses_total = 0
         self._seed()
 
     def _new_miner(self) -> Miner:
@@ -124,9 +128,7 @@ class SignatureProcessor:
 
     def _seed(self) -> None:
         for template in self.config.seed_templates:
-            tokens = self.masker.mask(template)
-            if " ".join(tokens) not in self._shapes:
-                self._shapes[" ".join(tokens)] = self.miner.seed(tokens)
+            self.miner.seed(self.masker.mask(template))
 
     # ------------------------------------------------------------------ hot path
 
@@ -177,35 +179,86 @@ class SignatureProcessor:
         ``process`` does for one record, without the protobuf work."""
         cached = self._bodies.get(text)
         if cached is not None:
+            if cached.alive:
+                return cached
             live = cached.live()
             if live is not None:
                 if live is not cached:
                     self._bodies[text] = live
                 return live
-        p = self.pattern_for(self.message_of_string(text))
-        if len(text) <= MAX_CACHED_BODY_CHARS:
+        head = text[:1]
+        if head == "{" or head.isspace() or ("=" in text and self.config.parse_logfmt):
+            message = self.message_of_string(text)
+        else:
+            message = text
+        p = self.pattern_for(message)
+        if len(text) <= MAX_CACHED_CHARS:
             if len(self._bodies) >= self.config.cache_size:
                 self._bodies.clear()
             self._bodies[text] = p
         return p
 
     def pattern_for(self, message: str) -> Pattern:
-        """The live pattern of a message text (masking, shape cache, then the tree)."""
-        tokens = self.masker.mask(message)
-        key = " ".join(tokens)
-        p = self._shapes.get(key)
-        if p is not None:
-            live = p.live()
-            if live is not None:
-                if live is not p:
-                    self._shapes[key] = live
-                return live
-        self.tree_lookups_total += 1
-        p = self.miner.add(tokens, key)
-        if len(self._shapes) >= self.config.cache_size:
-            self._shapes.clear()
-        self._shapes[key] = p
-        return p
+        """The live pattern of a message text: skeleton cache, else masking, shape cache,
+        then the tree.
+
+        The skeleton of a message is its UTF-8 with every digit replaced by ``5`` (and
+        ``0x``/``0X`` kept apart). No masking rule depends on digit values, so two
+        messages with one skeleton mask alike, except in tokens whose masked form still
+        holds digits (``ssh2``); the bytes of those tokens are stored and compared."""
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS]
+        b = message.encode("utf-8", "surrogatepass")
+        skeleton = b.replace(b"0x", b"\xff\xfe").replace(b"0X", b"\xff\xfd").translate(_TO_5)
+        entry = self._skeletons.get(skeleton)
+        if entry is not None:
+            p, checks = entry
+            if not checks or all(b[start:end] == value for start, end, value in checks):
+                if p.alive:
+                    return p
+                live = p.live()
+                if live is not None:
+                    return live
+        toks, masked = self.masker.classify(message)
+        pre = " ".join(masked)
+        p = self._shapes.get(pre)
+        live = p.live() if p is not None else None
+        if live is None:
+            self.cache_misses_total += 1
+            tokens = self.masker.finish(toks, masked)
+            live = self.miner.add(tokens, " ".join(tokens))
+            if len(pre) <= MAX_CACHED_CHARS:
+                if len(self._shapes) >= self.config.cache_size:
+                    self._shapes.clear()
+                self._shapes[pre] = live
+        elif live is not p:
+            self._shapes[pre] = live
+        if len(b) > MAX_CACHED_CHARS:
+            return live
+        if len(self._skeletons) >= self.config.cache_size:
+            self._skeletons.clear()
+        kb = pre.encode("utf-8", "surrogatepass")
+        checks = () if kb.translate(None, _DIGITS) == kb else self._digit_checks(message, b)
+        self._skeletons[skeleton] = (live, checks)
+        return live
+
+    def _digit_checks(self, message: str, b: bytes) -> tuple[tuple[int, int, bytes], ...]:
+        """(start, end, bytes) of every token of ``message`` whose masked form keeps a
+        digit (or is not known), so a skeleton hit can check that those tokens are equal."""
+        checks = []
+        pos = 0
+        masked = self.masker.cached
+        for tok in message.split(None, self.config.max_tokens):
+            tb = tok.encode("utf-8", "surrogatepass")
+            start = b.find(tb, pos)
+            pos = start + len(tb)
+            if tb.translate(None, _DIGITS) == tb:
+                continue
+            m = masked(tok)
+            if m is None or m.encode("utf-8", "surrogatepass").translate(None, _DIGITS) != \
+                    m.encode("utf-8", "surrogatepass"):
+                checks.append((start, pos, tb))
+        return tuple(checks)
 
     # ------------------------------------------------------------------ message extraction
 
@@ -224,8 +277,11 @@ class SignatureProcessor:
                 for k in self._keys:
                     if k in obj:
                         return _json_text(obj[k])
+                # no message field: the pairs, so that other keys make other patterns
+                return _json_text(" ".join(f"{k}={_json_text(v)}" for k, v in obj.items()))
             return text
-        if self.config.parse_logfmt and "=" in text:
+        eq = text.find("=")
+        if self.config.parse_logfmt and eq > 0 and not text[:eq].strip().count(" "):
             pairs = _logfmt(text)
             if pairs:
                 for k in self._keys:
@@ -258,6 +314,7 @@ class SignatureProcessor:
         self.miner = miner
         self._bodies.clear()
         self._shapes.clear()
+        self._skeletons.clear()
         self._seed()
 
     def resolve(self, pattern_id: str) -> str:
@@ -281,10 +338,11 @@ class SignatureProcessor:
         yield CounterMetricFamily("lipservice_signature_log_records",
                                   "Log records annotated with a pattern.",
                                   value=self.records_total)
-        yield CounterMetricFamily("lipservice_signature_tree_lookups",
-                                  "Records whose masked shape was not cached (parse tree walked).",
-                                  value=self.tree_lookups_total)
-        ratio = 1.0 - self.tree_lookups_total / self.records_total if self.records_total else 0.0
+        yield CounterMetricFamily("lipservice_signature_cache_misses",
+                                  "Records whose masked shape was not in the caches (masked "
+                                  "in full and looked up in the miner).",
+                                  value=self.cache_misses_total)
+        ratio = 1.0 - self.cache_misses_total / self.records_total if self.records_total else 0.0
         yield GaugeMetricFamily("lipservice_signature_cache_hit_ratio",
                                 "Share of records resolved from the body or shape cache.",
                                 value=ratio)
@@ -316,9 +374,11 @@ def anyvalue_text(value: AnyValue, depth: int = 0) -> str:
 
 
 def _json_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"),
+                                                             ensure_ascii=False)
+    if not text.isascii():  # JSON escapes can make lone surrogates, which OTLP cannot carry
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _logfmt(text: str) -> dict[str, str] | None:

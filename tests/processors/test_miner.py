@@ -1,0 +1,154 @@
+"""The template miner (processors/miner.py): ids, generalisation, sibling merges and
+aliases, the eviction bound, snapshot/restore, seeds."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import xxhash
+
+from processors.masking import Masker
+from processors.miner import VAR, Miner, pattern_id
+
+
+def mine(miner: Miner, masker: Masker, line: str):
+    return miner.add(masker.mask(line))
+
+
+def test_id_is_xxh3_of_creation_template() -> None:
+    m, k = Miner(), Masker()
+    p = mine(m, k, "worker 17 started in 35ms")
+    assert p.template == "worker <*> started in <*>"
+    assert p.id == xxhash.xxh3_64_hexdigest(b"worker <*> started in <*>")
+    assert re.fullmatch(r"[0-9a-f]{16}", p.id)
+    assert pattern_id(p.template) == p.id
+
+
+def test_exact_repeat_and_variable_values_share_a_pattern() -> None:
+    m, k = Miner(), Masker()
+    a = mine(m, k, "Receiving block blk_1 src: /10.0.0.1:50010 dest: /10.0.0.2:50010")
+    b = mine(m, k, "Receiving block blk_-99 src: /10.0.0.9:4000 dest: /10.0.0.8:50010")
+    assert a is b
+    assert len(m.patterns) == 1
+
+
+def test_id_stays_when_template_generalises() -> None:
+    """A word where earlier lines had a masked variable: the pattern generalises in place."""
+    m, k = Miner(), Masker()
+    first = mine(m, k, "session opened for user root")
+    before = first.id
+    second = mine(m, k, "session opened for user 1000")
+    assert second is first
+    assert first.id == before
+    assert first.template == "session opened for user <*>"
+    assert mine(m, k, "session opened for user root") is first
+
+
+def test_one_differing_word_is_a_different_pattern_until_three_values() -> None:
+    m, k = Miner(), Masker()
+    https = mine(m, k, "host:443 open through proxy p:5070 HTTPS")
+    socks = mine(m, k, "host:22 open through proxy p:5070 SOCKS5")
+    assert https is not socks  # two values: constants, as a human would read them
+    assert https.template.endswith("HTTPS") and socks.template.endswith("SOCKS5")
+    third = mine(m, k, "host:80 open through proxy p:5070 DIRECT")
+    # three values at one position: a variable; the oldest pattern keeps its id
+    assert third is https
+    assert https.template.endswith(VAR)
+    assert not socks.alive
+    assert m.resolve(socks.id) == https.id
+    assert m.aliases == {socks.id: https.id}
+    assert mine(m, k, "host:8080 open through proxy p:5070 SOCKS5") is https
+
+
+def test_alias_of_alias_is_flattened() -> None:
+    m, k = Miner(), Masker()
+    a = mine(m, k, "job one alpha x")
+    b = mine(m, k, "job one beta x")
+    c = mine(m, k, "job one alpha y")
+    d = mine(m, k, "job one beta y")
+    assert len({a.id, b.id, c.id, d.id}) == 4
+    assert mine(m, k, "job one gamma x") is a      # alpha/beta/gamma: a variable
+    assert mine(m, k, "job one gamma y") is c
+    assert m.aliases == {b.id: a.id, d.id: c.id}
+    assert mine(m, k, "job one delta z") is a      # x/y/z: a variable too
+    assert a.template == "job one <*> <*>"
+    assert m.aliases == {b.id: a.id, d.id: a.id, c.id: a.id}
+    assert {m.resolve(p.id) for p in (a, b, c, d)} == {a.id}
+
+
+def test_different_lengths_and_first_words_stay_apart() -> None:
+    m, k = Miner(), Masker()
+    ok = mine(m, k, "Accepted password for root from 1.2.3.4 port 22 ssh2")
+    bad = mine(m, k, "Failed password for root from 1.2.3.4 port 22 ssh2")
+    inv = mine(m, k, "Failed password for invalid user admin from 1.2.3.4 port 22 ssh2")
+    assert len({ok.id, bad.id, inv.id}) == 3
+
+
+def test_eviction_bound_holds_and_is_counted() -> None:
+    m, k = Miner(max_patterns=10), Masker()
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    keep = mine(m, k, "the one pattern that stays in use")
+    n = 0
+    for a in words:
+        for b in words:
+            mine(m, k, f"{a} {b} happened")  # distinct first words: distinct leaves
+            n += 1
+            assert len(m.patterns) <= 10
+            m.touch([keep])
+    assert keep.alive
+    assert m.evicted_total == m.created_total - len(m.patterns)
+    assert m.evicted_total > 0
+    assert len(m._created) <= 10 + len(m.aliases) + 10
+
+
+def test_evicted_pattern_comes_back_with_the_same_id() -> None:
+    m, k = Miner(max_patterns=1), Masker()
+    p = mine(m, k, "first kind of line")
+    pid = p.id
+    mine(m, k, "second sort of message here")
+    assert not p.alive
+    again = mine(m, k, "first kind of line")
+    assert again is not p and again.id == pid
+
+
+def test_snapshot_round_trip_through_json() -> None:
+    m, k = Miner(), Masker()
+    lines = ["user root logged in", "user 42 logged in", "disk sda1 full", "disk sdb2 full",
+             "disk sdc3 full", "host:1 open via HTTPS", "host:2 open via SOCKS5"]
+    ids = [mine(m, k, line).id for line in lines]
+    state = json.loads(json.dumps(m.snapshot()))
+    r = Miner()
+    r.restore(state)
+    assert r.snapshot() == state
+    assert [r.resolve(mine(r, Masker(), line).id) for line in lines] == \
+        [m.resolve(i) for i in ids]
+    assert r.created_total == m.created_total and r.merged_total == m.merged_total
+
+
+@pytest.mark.parametrize("state", [
+    {}, {"version": 99, "patterns": []}, {"version": 1, "patterns": [{"template": "x"}]},
+    {"version": 1, "patterns": "nope"}, {"version": 1, "patterns": [], "seq": "x"},
+])
+def test_restore_rejects_malformed_state_and_keeps_the_current_one(state: dict) -> None:
+    m, k = Miner(), Masker()
+    p = mine(m, k, "still here 1")
+    with pytest.raises(ValueError):
+        m.restore(state)
+    assert m.patterns[p.id] is p
+
+
+def test_seed_gives_known_ids_before_traffic() -> None:
+    m, k = Miner(), Masker()
+    seeded = m.seed(k.mask("Failed password for <*> from <*> port <*> ssh2"))
+    assert seeded.id == pattern_id("Failed password for <*> from <*> port <*> ssh2")
+    assert mine(m, k, "Failed password for root from 1.2.3.4 port 22 ssh2") is seeded
+    assert m.seed(k.mask("Failed password for <*> from <*> port <*> ssh2")) is seeded
+
+
+def test_invalid_settings_are_rejected() -> None:
+    for kwargs in ({"sim_threshold": 0}, {"sim_threshold": 1.5}, {"depth": -1},
+                   {"max_children": 0}, {"min_variable_values": 1}, {"max_patterns": 0}):
+        with pytest.raises(ValueError):
+            Miner(**kwargs)
