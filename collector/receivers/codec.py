@@ -238,14 +238,22 @@ def _reference_request(tree: dict[str, Any]) -> ExportLogsServiceRequest:
     return msg
 
 
-_FAILED_TO_PARSE = re.compile(r"Failed to parse \w+ field: ")
+_FAILED_TO_PARSE = re.compile(r"Failed to parse (\w+) field: ")
+_AT_PATH = re.compile(r" at ExportLogsServiceRequest\.(\S+?)\.*$")
 
 
 def _clean_parse_error(msg: str) -> str:
-    msg = _FAILED_TO_PARSE.sub("", msg).rstrip(".")
-    if "too deep" in msg:
+    """json_format's nested "Failed to parse X field: ..." chain → "path: reason"."""
+    fields = _FAILED_TO_PARSE.findall(msg)
+    reason = _FAILED_TO_PARSE.sub("", msg).strip().rstrip(".")
+    if "too deep" in reason:
         return f"nested deeper than {MAX_DEPTH} levels (deeply nested AnyValue arrays or maps)"
-    return msg
+    at = _AT_PATH.search(reason)
+    if at:
+        path, reason = at.group(1), reason[:at.start()]
+    else:
+        path = ".".join(fields)
+    return f"{path}: {reason}" if path else reason
 
 
 def _ids_hex_to_base64(tree: dict[str, Any]) -> None:
@@ -635,9 +643,12 @@ def _encode_any(v: Any) -> str:
 def _encode_kv(kv: Any) -> str:
     if kv.key_strindex:  # profiles only
         return _encode_generic(kv)
+    key = kv.key
     if kv.HasField("value"):
-        return '{"key":' + _q(kv.key) + ',"value":' + _encode_any(kv.value) + "}"
-    return '{"key":' + _q(kv.key) + "}" if kv.key else "{}"
+        if key:
+            return '{"key":' + _q(key) + ',"value":' + _encode_any(kv.value) + "}"
+        return '{"value":' + _encode_any(kv.value) + "}"
+    return '{"key":' + _q(key) + "}" if key else "{}"
 
 
 def _encode_kvs(kvs: Any) -> str:

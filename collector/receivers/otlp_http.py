@@ -76,9 +76,11 @@ class OtlpHttpReceiver:
                                      f"{self.config.endpoint}: {reason}") from None
         app = web.Application()
         app.router.add_route("*", LOGS_PATH, self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # auto_decompress=False: the body is decompressed here, under the size limit.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               auto_decompress=False, shutdown_timeout=5.0)
         await runner.setup()
-        site = web.SockSite(runner, sock, shutdown_timeout=5.0)
+        site = web.SockSite(runner, sock)
         try:
             await site.start()
         except BaseException:
