@@ -48,7 +48,7 @@ class DebugExporter:
         out = self.stream or sys.stderr
         records, resources, severities = summarize(request)
         sev = " ".join(f"{k}={v}" for k, v in severities.most_common())
-        lines = [f"{self.name}: {records} log records, {resources} resources ({sev})"]
+        lines = [f"{self.name}: {records} log records in {resources} resource logs ({sev})"]
         if self.config.verbosity in ("normal", "detailed"):
             for rl in request.resource_logs:
                 for sl in rl.scope_logs:

@@ -38,6 +38,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import aiohttp
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
@@ -178,7 +179,7 @@ class OtlpHttpExporter:
                 resp = ExportLogsServiceResponse.FromString(payload)
                 rejected = resp.partial_success.rejected_log_records
                 message = resp.partial_success.error_message
-        except (ValueError, TypeError, AttributeError) as err:
+        except (ValueError, TypeError, AttributeError, DecodeError) as err:
             log.debug("exporter %s: success answer not understood (%s); counting all "
                       "records as accepted", self.name, type(err).__name__)
             return 0
@@ -201,7 +202,7 @@ class OtlpHttpExporter:
                     text = json.dumps(doc)
             elif ctype in codec.PROTOBUF_TYPES:
                 text = status_pb2.Status.FromString(payload).message
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, DecodeError):
             text = ""
         if not text:
             text = payload.decode("utf-8", errors="replace")

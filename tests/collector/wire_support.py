@@ -173,6 +173,7 @@ class HttpAnswer:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/x-protobuf"
+    delay: float = 0.0
 
 
 class HttpSink:
@@ -191,7 +192,7 @@ class HttpSink:
     async def start(self) -> HttpSink:
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_post("/v1/logs", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -210,6 +211,8 @@ class HttpSink:
         body = gzip.decompress(raw) if request.headers.get("Content-Encoding") == "gzip" else raw
         answer = self.answers.popleft() if self.answers else HttpAnswer(
             body=ExportLogsServiceResponse().SerializeToString())
+        if answer.delay:
+            await asyncio.sleep(answer.delay)
         if 200 <= answer.status < 300:
             if request.content_type == "application/json":
                 from collector.receivers import codec
