@@ -192,7 +192,8 @@ class HttpSink:
     async def start(self) -> HttpSink:
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_post("/v1/logs", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+        self._runner = web.AppRunner(app, access_log=None, auto_decompress=False,
+                                     shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
