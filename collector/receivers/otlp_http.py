@@ -103,7 +103,7 @@ class OtlpHttpReceiver:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.method != "POST":
             return self._plain(405, "method_not_allowed",
-                               f"405 method {request.method} not allowed; "
+                               f"method {request.method} not allowed; "
                                f"send OTLP logs with POST {LOGS_PATH}", {"Allow": "POST"})
         ctype = request.content_type
         if ctype in codec.PROTOBUF_TYPES:
@@ -112,7 +112,7 @@ class OtlpHttpReceiver:
             as_json = True
         else:
             return self._plain(415, "unsupported_media_type",
-                               f"415 unsupported Content-Type {ctype!r}; use "
+                               f"unsupported Content-Type {ctype!r}; use "
                                f"application/x-protobuf or application/json")
         try:
             decoder = codec.Decompressor(request.headers.get("Content-Encoding", ""),
