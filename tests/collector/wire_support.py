@@ -5,6 +5,7 @@ OTLP/gRPC) on loopback that record what they receive and answer as a test script
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import zlib
 from collections import deque
@@ -13,12 +14,12 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from google.protobuf import json_format
 from grpc import aio
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from prometheus_client import CollectorRegistry
 
 from collector import metrics
@@ -67,14 +68,16 @@ def make_request(n: int = 3, service: str = "checkout", body: str = "user {i} lo
     return req
 
 
-def deep_any(levels: int) -> AnyValue:
-    """An AnyValue nested ``levels`` arrays deep."""
-    v = AnyValue(string_value="leaf")
-    for _ in range(levels):
-        outer = AnyValue()
-        outer.array_value.values.append(v)
-        v = outer
-    return v
+def reference_json(message) -> dict:
+    """json_format's proto3 JSON with ids in hex: what OTLP/JSON must look like."""
+    doc = json_format.MessageToDict(message, use_integers_for_enums=True)
+    for rl in doc.get("resourceLogs", []):
+        for sl in rl.get("scopeLogs", []):
+            for rec in sl.get("logRecords", []):
+                for key in ("traceId", "spanId"):
+                    if key in rec:
+                        rec[key] = base64.b64decode(rec[key]).hex()
+    return doc
 
 
 def deep_request_bytes(levels: int) -> bytes:

@@ -24,6 +24,7 @@ from tests.collector.wire_support import (
     deep_request_bytes,
     gzip_bomb,
     make_request,
+    reference_json,
 )
 
 # The example from the OTLP specification's JSON section, extended with the mapping's edge
@@ -59,18 +60,6 @@ SPEC_JSON = """{
   }],
   "unknownTopLevel": true
 }"""
-
-
-def reference_json(message) -> dict:
-    """json_format's proto3 JSON with ids in hex: what OTLP/JSON must look like."""
-    doc = json_format.MessageToDict(message, use_integers_for_enums=True)
-    for rl in doc.get("resourceLogs", []):
-        for sl in rl.get("scopeLogs", []):
-            for rec in sl.get("logRecords", []):
-                for key in ("traceId", "spanId"):
-                    if key in rec:
-                        rec[key] = base64.b64decode(rec[key]).hex()
-    return doc
 
 
 # --------------------------------------------------------------------------- protobuf

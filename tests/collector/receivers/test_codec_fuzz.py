@@ -18,8 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collector.receivers import codec
-from tests.collector.receivers.test_codec import reference_json
-from tests.collector.wire_support import deep_request_bytes, make_request
+from tests.collector.wire_support import deep_request_bytes, make_request, reference_json
 
 EXAMPLES = int(os.environ.get("LIPSERVICE_FUZZ_EXAMPLES", "60"))
 QUICK = settings(max_examples=EXAMPLES, deadline=None,
