@@ -94,7 +94,7 @@ def _protobuf_reason(raw: str) -> str:
     if "UTF-8" in raw:
         return ("invalid OTLP protobuf: a string field holds invalid UTF-8 (OTLP strings must "
                 "be UTF-8; send binary data as AnyValue bytes_value)")
-    if "MaxDepth" in raw or "depth" in raw.lower():
+    if "depth" in raw.lower():  # upb: "Exceeded upb_DecodeOptions_MaxDepth"
         return (f"invalid OTLP protobuf: messages nested deeper than {MAX_DEPTH} levels "
                 "(deeply nested AnyValue arrays or maps in a body or attribute)")
     return ("invalid OTLP protobuf: the body is truncated or is not an "
@@ -125,7 +125,7 @@ class Decompressor:
             self._wbits = self._WBITS[enc]
         else:
             raise UnsupportedEncoding(f"Content-Encoding {encoding!r} is not supported "
-                              "(use gzip, deflate or identity)")
+                                      "(use gzip, deflate or identity)")
         self.encoding = enc or "identity"
         self.limit = limit
         self._parts: list[bytes] = []
@@ -206,6 +206,8 @@ def decode_json(body: bytes | str) -> ExportLogsServiceRequest:
                           f"{err.msg}") from None
     except RecursionError:
         raise DecodeError("JSON nested too deeply") from None
+    except ValueError as err:  # e.g. an integer literal over Python's 4300-digit limit
+        raise DecodeError(f"malformed JSON: {err}") from None
     if not isinstance(tree, dict):
         raise DecodeError(f"expected a JSON object (ExportLogsServiceRequest), "
                           f"got {_json_kind(tree)}")

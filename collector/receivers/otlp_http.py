@@ -126,6 +126,9 @@ class OtlpHttpReceiver:
             return self._status(413, "too_large", str(err), ctype, as_json)
         except codec.DecodeError as err:
             return self._status(400, "malformed", str(err), ctype, as_json)
+        except ConnectionError:  # the client went away mid-body; nothing was accepted
+            return self._plain(400, "incomplete", "connection lost before the request "
+                                                  "body was complete")
 
         n = count_records(otlp)
         try:

@@ -164,6 +164,11 @@ def test_json_errors_are_decode_errors_with_a_reason(body, message):
         codec.decode_json(body)
 
 
+def test_json_integer_literal_too_long_for_python_is_a_clean_error():
+    with pytest.raises(codec.DecodeError, match="malformed JSON"):
+        codec.decode_json('{"resourceLogs": ' + "9" * 5000 + "}")
+
+
 def test_json_deep_nesting_is_a_clean_error():
     value = '{"stringValue":"leaf"}'
     for _ in range(200):

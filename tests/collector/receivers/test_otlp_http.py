@@ -248,11 +248,15 @@ async def test_content_length_over_the_limit_is_413_before_reading(served):
 
 
 async def test_client_that_disconnects_mid_body_does_not_hurt(served):
+    labels = {"receiver": served.receiver.name, "transport": "http", "reason": "incomplete"}
+    before = metric("lipservice_receiver_bad_requests_total", **labels)
     reader, writer = await asyncio.open_connection("127.0.0.1", served.receiver.port)
     writer.write(b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf"
                  b"\r\nContent-Length: 1000\r\n\r\n" + b"\x0a" * 10)
     await writer.drain()
     writer.close()
+    await wait_for(lambda: metric("lipservice_receiver_bad_requests_total", **labels)
+                   == before + 1)
     await served.assert_still_serves()
     assert served.exporter.record_count == 2
 
