@@ -169,7 +169,8 @@ class OtlpHttpReceiver:
         async for chunk in request.content.iter_chunked(_CHUNK):
             raw += len(chunk)
             if raw > raw_limit:
-                raise codec.BodyTooLarge(self.limit, "compressed request body")
+                raise codec.BodyTooLarge(self.limit, "request body" if decoder.encoding
+                                         == "identity" else "compressed request body")
             decoder.feed(chunk)
         return decoder.finish()
 
