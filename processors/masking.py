@@ -50,11 +50,11 @@ text. ``classify`` (steps 1-3) and ``finish`` (step 4) are separate so that a ca
 cache on the classified tokens and run the context rules only for new shapes. Errors:
 none raised for any str input (an empty or blank message gives ``[]``).
 
-Speed (DESIGN.md §Hot path): a token seen before costs one dict lookup. A new token with
-digits is first looked up by its *skeleton* (digits replaced by ``5``): no rule depends on
-digit values (``0x`` prefixes aside, which skip this cache), so ``blk_123`` and ``blk_456``
-cost one classification. The character tests before each regex are C-level string
-operations; the regexes that remain are small and picked by the characters present.
+Speed (DESIGN.md §Hot path): a token seen before costs one dict lookup. For a new one, the
+character tests before each regex are C-level string operations, and the regexes that
+remain are small and picked by the characters present. No rule depends on digit values
+(except a ``0x`` prefix), which lets the signature processor cache whole messages by their
+*skeleton* (digits replaced by ``5``).
 """
 
 from __future__ import annotations
@@ -155,7 +155,6 @@ _B_DIGITS = b"0123456789"
 _B_NUMERIC = b"0123456789.:,-/+_~"
 _B_HEX = b"0123456789abcdefABCDEF:-_"
 _B_SEPS_TO_SPACE = bytes.maketrans(b"._-~+#", b"      ")
-_B_DIGITS_TO_5 = bytes.maketrans(b"0123456789", b"5555555555")
 _B_SHAPE = b"/@.:\\"  # a digit-free core can be a shape only if it has one of these
 _B_PIECE = b"()[]{}<>,;|\"'=:"
 
@@ -310,11 +309,7 @@ class Masker:
     cache_size: int >= 0, distinct tokens kept in the classification caches; a cache is
         cleared when it grows past this (memory stays bounded).
 
-    Caches: token → masked token; masked token → context kind; and a *skeleton* cache for
-    new tokens with digits: the token with every digit replaced by ``5``, whose masked
-    form is reused when it holds no digit (no rule depends on digit values, except ``0x``
-    prefixes, which skip this cache). So ``blk_123`` and ``blk_456`` cost one
-    classification, and unique numeric tokens stay cheap.
+    Caches: token → masked token, and masked token → context kind.
     """
 
     def __init__(self, max_tokens: int = 256, cache_size: int = 100_000) -> None:
@@ -324,7 +319,6 @@ class Masker:
         self.cache_size = cache_size
         self._masked: dict[str, str] = {}
         self._kind_of_masked: dict[str, str] = {}
-        self._skeletons: dict[bytes, str] = {}
 
     def mask(self, text: str) -> list[str]:
         """Masked tokens of ``text`` (see module docstring)."""
@@ -365,32 +359,16 @@ class Masker:
 
     def _fill(self, toks: list[str], masked: list[str | None]) -> None:
         """Classify the tokens not in the cache (``masked`` entries that are None)."""
-        mc, skc = self._masked, self._skeletons
-        if len(mc) > self.cache_size:
-            mc.clear()
-        if len(skc) > self.cache_size:
-            skc.clear()
+        cache = self._masked
+        if len(cache) > self.cache_size:
+            cache.clear()
         for i, m in enumerate(masked):
-            if m is not None:
-                continue
-            t = toks[i]
-            if len(t) > MAX_TOKEN_CHARS:  # a blob: a variable, and not worth caching
-                masked[i] = VAR
-                continue
-            b = t.encode("utf-8", "surrogatepass")
-            skeleton = b.translate(_B_DIGITS_TO_5)
-            if skeleton == b or b"0x" in b or b"0X" in b:
-                m = classify_token(t)
-            else:
-                m = skc.get(skeleton)
-                if not m:
-                    if m is None:  # first token of this skeleton
-                        m = classify_token(t)
-                        mb = m.encode("utf-8", "surrogatepass")
-                        skc[skeleton] = m if mb == mb.translate(None, _B_DIGITS) else ""
-                    else:  # the skeleton's masked form keeps digits: classify this one
-                        m = classify_token(t)
-            masked[i] = mc[t] = m
+            if m is None:
+                t = toks[i]
+                if len(t) > MAX_TOKEN_CHARS:  # a blob: a variable, and not worth caching
+                    masked[i] = VAR
+                else:
+                    masked[i] = cache[t] = classify_token(t)
 
 
 def _quoted_var(m: re.Match[str]) -> str:

@@ -12,9 +12,9 @@ setting                     default                          meaning
 ``sim_threshold``           ``0.5``                          share of equal tokens for a
                                                              message to count as a variant
                                                              of a pattern, in (0, 1]
-``min_variable_values``     ``3``                            variants differing at the same
-                                                             positions that make those
-                                                             positions ``<*>`` (>= 2)
+``min_variable_values``     ``3``                            variants per differing position
+                                                             that make those positions
+                                                             ``<*>`` (>= 2; miner.py rule 2)
 ``depth``                   ``2``                            leading tokens used as tree
                                                              levels (>= 0)
 ``max_children``            ``100``                          children per tree node (>= 1)
@@ -32,29 +32,45 @@ setting                     default                          meaning
 ``seed_templates``          ``[]``                           templates to start with (their
                                                              ids are known before traffic)
 ``cache_size``              ``100000``                       entries in each lookup cache
-                                                             (bodies, masked shapes, tokens)
+                                                             (bodies, skeletons, shapes,
+                                                             tokens); cleared when full
 ==========================  ===============================  ================================
 
 What it reads (the record itself is never changed except for the attributes it adds):
 
 - a string body, as is; if it is a JSON object (``parse_json``) or logfmt
-  (``parse_logfmt``, every token ``key=value``) with one of ``message_keys``, that field;
-- a kvlist body: the first of ``message_keys`` present (as text), else ``k=v`` pairs;
+  (``parse_logfmt``: every token ``key=value``, values optionally double-quoted) with one
+  of ``message_keys``, that field (the first present, in list order); a JSON object
+  without one is mined as its ``key=value`` pairs (so its keys shape the pattern);
+- a kvlist body: the first of ``message_keys`` present (as text), else its ``k=v`` pairs;
 - any other body (int, double, bool, bytes, array) as text; an empty body as ``""``.
 
-What it writes: attribute ``log.pattern.id`` (16 hex characters, see processors/miner.py
-for the id and alias rules) on every record, ``log.record.template`` when
-``emit_template`` is true; ``batch.pattern_ids[i]`` and ``batch.templates[i]`` for the
-processors after it.
+A message is mined on its first 64 KiB and its first ``max_tokens`` tokens.
 
-Hot path: one pass per batch. A record whose body was seen before costs one dict lookup;
-a new body is masked (token classification through a dict cache) and looked up by its
-masked text; only a masked shape never seen before walks the tree. The attributes are
-appended as pre-serialized bytes per pattern (``MergeFromString``), which is several
-times cheaper than building ``KeyValue`` messages per record.
+What it writes: attribute ``log.pattern.id`` (16 hex characters, see processors/miner.py
+and docs/signature.md for the id and alias rules) on every record, and
+``log.record.template`` (the Collector drainprocessor's name) when ``emit_template`` is
+true; ``batch.pattern_ids[i]`` and ``batch.templates[i]`` for the processors after it.
+Patterns are shared by all services in the batch (the id depends on the template only).
+
+Hot path (one pass per batch, lookups from cheapest to dearest):
+
+1. body cache: a string body seen before costs one dict lookup;
+2. skeleton cache: the message with its digits replaced by ``5`` (no masking rule depends
+   on digit values, so ``took 35ms`` and ``took 12ms`` share a skeleton); tokens whose
+   masked form keeps digits (``ssh2``) are compared byte for byte;
+3. shape cache: the message's classified tokens (masking.py steps 1-3, each token through
+   a dict cache);
+4. only a shape never seen before runs the context rules and the miner.
+
+Every cache holds at most ``cache_size`` entries (cleared when full) and keys longer than
+2048 characters are not cached, so memory stays flat. The attributes are appended as
+bytes serialized once per pattern (``MergeFromString``), several times cheaper than
+building ``KeyValue`` messages per record.
 
 State: ``snapshot()`` / ``restore()`` (plain JSON data; the collector keeps it in its
-SQLite state store); metrics from ``collect_metrics()`` at scrape time.
+SQLite state store under ``storage.directory``); metrics from ``collect_metrics()`` at
+scrape time.
 """
 
 from __future__ import annotations
@@ -342,7 +358,8 @@ class SignatureProcessor:
                                   "Records whose masked shape was not in the caches (masked "
                                   "in full and looked up in the miner).",
                                   value=self.cache_misses_total)
-        ratio = 1.0 - self.cache_misses_total / self.records_total if self.records_total else 0.0
+        ratio = (max(0.0, 1.0 - self.cache_misses_total / self.records_total)
+                 if self.records_total else 0.0)
         yield GaugeMetricFamily("lipservice_signature_cache_hit_ratio",
                                 "Share of records resolved from the body or shape cache.",
                                 value=ratio)

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
@@ -18,6 +20,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from collector.config import load_config_tree
 from collector.state import StateStore
 from processors.base import ATTR_PATTERN_ID, ATTR_TEMPLATE, LogBatch
+from processors.masking import VAR, Masker
 from processors.miner import pattern_id
 from processors.signature import Config, SignatureProcessor
 
@@ -169,6 +172,27 @@ def test_token_cap_limits_what_is_mined() -> None:
     proc = SignatureProcessor(Config(max_tokens=3))
     batch = run(proc, ["a b c d e", "a b c x y z"])
     assert batch.templates == ["a b c", "a b c"]
+
+
+_TOKENS = ["ssh2", "ssh3", "0x1f", "0x2e", "5x1f", "blk_12", "blk_-7", "10.0.0.1:80", "v1.2",
+           "e820", "35ms", "took", "user=42", "state:", "ok,", "(12)", "Jul", "24", "'a b'",
+           "jk2_init()", "a1b2c3", "12:00:01", "x"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=8), st.integers(1, 9))
+def test_skeleton_cache_gives_what_fresh_masking_gives(words: list[str], shift: int) -> None:
+    """A message answered from the skeleton cache (same text with other digits) gets the
+    pattern that its own masked text fits, as a fresh masker computes it."""
+    proc = SignatureProcessor(Config())
+    first = " ".join(words)
+    proc.pattern_for(first)
+    other = "".join(str((int(c) + shift) % 10) if c.isdigit() else c for c in first)
+    got = proc.pattern_for(other)
+    tokens = Masker().mask(other)
+    assert len(got.tokens) == len(tokens)
+    assert all(a in (VAR, b) for a, b in zip(got.tokens, tokens, strict=True)), \
+        (other, got.template, tokens)
 
 
 _ID_SCRIPT = """
