@@ -17,15 +17,15 @@ How a message is masked (``Masker.mask(text) -> list[str]``):
    a. whole-token shapes; each masks the whole core, so their order among themselves
       cannot matter: numbers (sign, ``<``/``>``, decimals, exponent), IPv4 with port or
       prefix, dates, times and timestamps (ISO 8601, ``2016/9/27:20:40:53.744``,
-      ``17-Jun-2005``), versions and ranges (digits and ``.:,-/+_~`` only), hex (``0x1f``;
-      8+ hex digits with a digit), UUID, MAC, IPv6 (also ``[::1]:8080``), URL, e-mail,
-      paths (POSIX, ``~/``, ``./``, relative with 2+ ``/``, Windows), durations and sizes
-      with a unit (``35ms``, ``1.5GB``, ``99%``), host names with a known top-level
-      domain (and ``:port``), ``true``/``false``/``null``/``None``/``nil``, and
-      identifiers mixing letters and digits (``blk_-42``, ``rdd_2_2``, ``core.114``,
-      ``i3beln7k``: a part of only digits between ``._-~+#``, 4+ digits, 8+ hex
-      characters, or 2+ digits in 4+ letter/digit runs; so ``ssh2``, ``e820``,
-      ``Http11Processor`` stay words);
+      ``17-Jun-2005``), versions and ranges (digits and ``.:,-/+_~`` only), hex
+      (``0x1f``; 8+ hex digits, or 6+ with a digit and a letter: ``6eaaf00``), UUID, MAC,
+      IPv6 (also ``[::1]:8080``), URL, e-mail, paths (POSIX, ``~/``, ``./``, relative
+      with 2+ ``/``, Windows), durations and sizes with a unit (``35ms``, ``1.5GB``,
+      ``99%``), host names with a known top-level domain (and ``:port``),
+      ``true``/``false``/``null``/``None``/``nil``, and identifiers mixing letters and
+      digits (``blk_-42``, ``rdd_2_2``, ``core.114``, ``i3beln7k``: a part of only digits
+      between ``._-~+#``, 4+ digits, or 2+ digits in 4+ letter/digit runs; so ``ssh2``,
+      ``e820``, ``Http11Processor`` stay words);
    b. ``key=value`` pairs inside the token (several, split by ``,`` ``;`` ``&``; values
       may hold balanced brackets): every non-empty value becomes ``<*>`` (``uid=42`` →
       ``uid=<*>``, ``logname=`` stays);
@@ -154,6 +154,7 @@ MAX_TOKEN_CHARS = 256  # longer tokens are variables (blobs), classified without
 _B_DIGITS = b"0123456789"
 _B_NUMERIC = b"0123456789.:,-/+_~"
 _B_HEX = b"0123456789abcdefABCDEF:-_"
+_B_HEX_LETTERS = b"abcdefABCDEF"
 _B_SEPS_TO_SPACE = bytes.maketrans(b"._-~+#", b"      ")
 _B_SHAPE = b"/@.:\\"  # a digit-free core can be a shape only if it has one of these
 _B_PIECE = b"()[]{}<>,;|\"'=:"
@@ -185,8 +186,9 @@ def _whole_var(s: str) -> bool:
         if b[:2] in (b"0x", b"0X"):
             if len(b) > 2 and not b[2:].translate(None, _B_HEX):
                 return True  # 0x hex
-        elif len(b) >= 8 and not b.translate(None, _B_HEX):
-            return True  # bare hex, UUID, MAC
+        elif len(b) >= 6 and not b.translate(None, _B_HEX) and \
+                (len(b) >= 8 or b.translate(None, _B_HEX_LETTERS) != b):
+            return True  # bare hex (8+, or 6+ with a letter: 6eaaf00), UUID, MAC
         if len(no_digits.translate(None, _B_PIECE)) == len(no_digits) and \
                 _is_identifier_value(s, b, len(b) - len(no_digits)):
             return True
@@ -253,6 +255,8 @@ def classify_token(tok: str) -> str:
         return VAR if tok in _LITERALS else tok
     if tok.isdigit() or len(tok) > MAX_TOKEN_CHARS:
         return VAR
+    if tok[-1].isdigit() and not tok.encode("utf-8", "surrogatepass").translate(None, _B_NUMERIC):
+        return VAR  # fast path: digits and .:,-/+_~ only (IPv4:port, times, decimals, ...)
     if tok in _EMPTY_BRACKETS:
         return tok
     lead, core, trail = _split_punct(tok)
