@@ -337,6 +337,11 @@ class SignatureProcessor:
         """The live id for a pattern id that may have been merged (alias)."""
         return self.miner.resolve(pattern_id)
 
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Merged id → surviving id, for every alias (read only: the miner's own map)."""
+        return self.miner.aliases
+
     def collect_metrics(self) -> Iterator[Metric]:
         """lipservice_signature_* metric families, read at scrape time."""
         m = self.miner

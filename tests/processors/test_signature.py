@@ -239,6 +239,7 @@ def test_snapshot_round_trip_through_the_state_store(tmp_path: Path) -> None:
     assert again.pattern_ids == [proc.resolve(i) for i in first.pattern_ids]
     assert again.templates == run(proc, lines).templates
     assert restored.resolve(first.pattern_ids[1]) == first.pattern_ids[0]
+    assert restored.aliases == proc.aliases and first.pattern_ids[1] in proc.aliases
 
 
 def test_restore_of_a_bad_snapshot_raises_and_keeps_serving() -> None:
