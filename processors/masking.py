@@ -200,7 +200,7 @@ def _whole_var(s: str) -> bool:
 
 
 def _mask_piece(piece: str) -> str:
-    if not piece or piece == VAR:
+    if not piece or piece == VAR or (piece.isalpha() and piece not in _LITERALS):
         return piece
     return VAR if _whole_var(piece) else piece
 
@@ -209,7 +209,8 @@ def _mask_pieces(text: str) -> str:
     parts = _PIECES.split(text)
     if len(parts) == 1:
         return _mask_piece(text)
-    return "".join(p if i % 2 else _mask_piece(p) for i, p in enumerate(parts))
+    parts[::2] = map(_mask_piece, parts[::2])
+    return "".join(parts)
 
 
 def _split_punct(tok: str) -> tuple[str, str, str]:
@@ -232,6 +233,8 @@ def _split_punct(tok: str) -> tuple[str, str, str]:
 
 def _mask_core(core: str) -> str:
     """The masked form of a token core (rule 3 of the module docstring)."""
+    if core.isalpha():
+        return VAR if core in _LITERALS else core
     if _whole_var(core):
         return VAR
     if "=" in core:
@@ -242,6 +245,9 @@ def _mask_core(core: str) -> str:
         m = _KCOLON.match(core)
         if m:
             return m.group(1) + VAR
+    b = core.encode("utf-8", "surrogatepass")
+    if len(b.translate(None, _B_PIECE)) == len(b):
+        return core  # one piece: rule a has judged it already
     return _mask_pieces(core)
 
 
@@ -262,8 +268,8 @@ def classify_token(tok: str) -> str:
     lead, core, trail = _split_punct(tok)
     if not core or VAR in core:
         return tok
-    if lead and _whole_var(lead + core):  # a shape that starts with a bracket: [::1]:80
-        return VAR + trail
+    if lead[-1:] == "[" and _whole_var("[" + core):  # IPv6 in brackets: [::1]:8080
+        return lead[:-1] + VAR + trail
     return lead + _mask_core(core) + trail
 
 
