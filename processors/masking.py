@@ -268,9 +268,10 @@ def classify_token(tok: str) -> str:
     lead, core, trail = _split_punct(tok)
     if not core or VAR in core:
         return tok
-    if lead[-1:] == "[" and _whole_var("[" + core):  # IPv6 in brackets: [::1]:8080
-        return lead[:-1] + VAR + trail
-    return lead + _mask_core(core) + trail
+    masked = _mask_core(core)
+    if masked != VAR and lead[-1:] == "[" and _whole_var("[" + core):
+        return lead[:-1] + VAR + trail  # IPv6 in brackets with a port: [::1]:8080
+    return lead + masked + trail
 
 
 # Token kinds, one character each, so that a whole message's kinds form a short string
