@@ -100,7 +100,7 @@ _MAC = r"[0-9A-Fa-f]{2}(?:[:\-][0-9A-Fa-f]{2}){5}"
 _STAMP = rf"{_DATE}(?:[T_:\- ]?{_TIME}{_ZONE})?"                  # date [time]
 _CLOCK = rf"{_TIME}{_ZONE}"                                        # time of day
 _IP4 = rf"/?{_IPV4}(?::\d{{1,5}})?(?:/\d{{1,2}})?"                 # IPv4[:port][/n]
-_IP6 = rf"\[?{_IPV6}\]?(?::\d{{1,5}})?"                            # IPv6[:port]
+_IP6 = rf"\[{_IPV6}\](?::\d{{1,5}})?|{_IPV6}"                        # IPv6, [IPv6]:port
 _POSIX = (r"(?:~|\.{1,2})?/(?:[^/\s]*/)+[^/\s]*|(?:/|\.{1,2}/)[\w.\-]+"
           r"|[\w.\-]+(?:/[\w.\-]+){2,}/?")
 _WINPATH = r"[A-Za-z]:\\[^\s]*"
