@@ -3,7 +3,7 @@
 Usage::
 
     python bench/loghub.py [--data DIR] [--truth corrected|original|loghub2] [--repeat N]
-                           [--stream-lines N] [--no-stream] [--no-drain3]
+                           [--stream-lines N] [--fresh-reps N] [--no-stream] [--no-drain3]
                            [--show-errors SYSTEM]
 
 Data: every system folder under ``<repo>/../shared/data/loghub_2k/`` (or ``--data``, or env
@@ -289,7 +289,8 @@ def _stream_rates(run_one: Callable[[], None], reps: int) -> tuple[float, list[f
     return total, rss, first
 
 
-def bench_stream(data: Path, names: list[str], target: int, with_drain3: bool) -> None:
+def bench_stream(data: Path, names: list[str], target: int, with_drain3: bool,
+                 fresh_reps: int = 20) -> None:
     base: list[str] = []
     for name in names:
         base.extend(load_system(data, name)[0])
@@ -336,7 +337,6 @@ def bench_stream(data: Path, names: list[str], target: int, with_drain3: bool) -
     gc.collect()
     proc = SignatureProcessor(Config())
     of = proc.pattern_of_body
-    fresh_reps = min(reps, 20)
     rng = random.Random(7)
 
     def redraw(m: re.Match[str]) -> str:
@@ -375,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="Loghub-2k folder (default: ../shared/data/loghub_2k)")
     ap.add_argument("--stream-lines", type=int, default=1_000_000)
+    ap.add_argument("--fresh-reps", type=int, default=20,
+                    help="repetitions of the stream with re-drawn numbers (memory check)")
     ap.add_argument("--no-stream", action="store_true")
     ap.add_argument("--no-drain3", action="store_true")
     ap.add_argument("--show-errors", default="", help="comma-separated systems")
@@ -399,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = {s for s in args.show_errors.split(",") if s}
     bench_systems(data, names, with_drain3, errors, max(1, args.repeat), args.truth)
     if not args.no_stream:
-        bench_stream(data, names, args.stream_lines, with_drain3)
+        bench_stream(data, names, args.stream_lines, with_drain3, max(1, args.fresh_reps))
     return 0
 
 
