@@ -358,7 +358,12 @@ def bench_stream(data: Path, names: list[str], target: int, with_drain3: bool,
     print(f"  fresh values  {n_fresh / fresh_time:10.0f} lines/s   (every number re-drawn in "
           f"each of {fresh_reps} repetitions, {n_fresh} lines; patterns at the end "
           f"{len(proc.miner.patterns)})")
-    print("    RSS MiB after each repetition: " + ", ".join(f"{m:.1f}" for m in rss))
+    half = rss[len(rss) // 2:]
+    print(f"    RSS MiB after repetition 1: {rss[0]:.1f}; over repetitions "
+          f"{len(rss) - len(half) + 1}-{len(rss)}: {min(half):.1f} to {max(half):.1f}")
+    step = max(1, len(rss) // 10)
+    print("    RSS MiB every " + (f"{step} repetitions" if step > 1 else "repetition") + ": "
+          + ", ".join(f"{m:.1f}" for m in rss[step - 1::step]))
 
     if with_drain3:
         add = drain3_miner()
