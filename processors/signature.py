@@ -105,18 +105,23 @@ _LOGFMT = re.compile(r'\s*([A-Za-z_][\w.\-/]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?=\s|
 class Config(StrictModel):
     """``processors: signature:`` settings (table in the module docstring)."""
 
-    sim_threshold: float = Field(0.5, gt=0, le=1)
-    min_variable_values: int = Field(3, ge=2)
-    depth: int = Field(2, ge=0, le=16)
-    max_children: int = Field(100, ge=1)
-    max_patterns: int = Field(50_000, ge=1)
-    max_tokens: int = Field(256, ge=1)
-    message_keys: list[str] = Field(default_factory=lambda: ["message", "msg", "log", "event"])
-    parse_json: bool = True
-    parse_logfmt: bool = True
-    emit_template: bool = False
-    seed_templates: list[str] = Field(default_factory=list)
-    cache_size: int = Field(100_000, ge=0)
+    sim_threshold: float = Field(0.5, gt=0, le=1, description="share of equal tokens for a "
+                                 "message to count as a variant of a pattern")
+    min_variable_values: int = Field(3, ge=2, description="variants per differing position "
+                                     "that make the position a variable")
+    depth: int = Field(2, ge=0, le=16, description="leading tokens used as tree levels")
+    max_children: int = Field(100, ge=1, description="children per tree node")
+    max_patterns: int = Field(50_000, ge=1, description="patterns in memory (LRU eviction)")
+    max_tokens: int = Field(256, ge=1, description="tokens of a message that are mined")
+    message_keys: list[str] = Field(
+        default_factory=lambda: ["message", "msg", "log", "event"],
+        description="fields holding the message in kvlist, JSON and logfmt bodies")
+    parse_json: bool = Field(True, description="read the message field of JSON string bodies")
+    parse_logfmt: bool = Field(True, description="read the message field of logfmt bodies")
+    emit_template: bool = Field(False, description="also add log.record.template")
+    seed_templates: list[str] = Field(default_factory=list,
+                                      description="templates created at start")
+    cache_size: int = Field(100_000, ge=0, description="entries per lookup cache")
 
 
 class SignatureProcessor:
