@@ -132,6 +132,7 @@ def _shape_match(s: str) -> bool:
         return _SHAPE_COLON.match(s) is not None
     return _SHAPE_OTHER.match(s) is not None
 
+
 _KV = re.compile(r"([A-Za-z_][\w.\-\[\]]*=)((?:[^,;&()\[\]{}]|\([^()]*\)|\[[^\[\]]*\]|\{[^{}]*\})*)")
 _KCOLON = re.compile(r"([A-Za-z_][\w.\-]*:)([^/:\s]+)\Z")
 _PIECES = re.compile(r"([()\[\]{}<>,;|\"'=:]+)")
@@ -140,16 +141,25 @@ _QUOTED = re.compile(r"(?<![\w\"'])(['\"])[^'\"]*?\1(?![\w])")
 
 # Unit words that join the number before them ("35 ms", "2034 bytes"). Of the one-letter
 # words only "B": "<n> s" or "<n> b" are too often something else.
-UNITS = frozenset(
-    ["ns", "us", "µs", "ms", "sec", "secs", "second", "seconds", "min", "mins", "minute", "minutes", "hr", "hrs", "hour", "hours", "day", "days", "millis", "msec", "msecs", "millisecond", "milliseconds", "microsecond", "microseconds", "nanosecond", "nanoseconds", "B", "byte", "bytes", "KB", "kB", "kb", "KiB", "MB", "mb", "MiB", "GB", "gb", "GiB", "TB", "TiB", "%"])
-DATE_WORDS = frozenset(
-    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec", "January", "February", "March", "April", "June", "July", "August", "September", "October", "November", "December", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "AM", "PM", "UTC", "GMT"])
+UNITS = frozenset((
+    "ns", "us", "µs", "ms", "sec", "secs", "second", "seconds", "min", "mins", "minute",
+    "minutes", "hr", "hrs", "hour", "hours", "day", "days", "millis", "msec", "msecs",
+    "millisecond", "milliseconds", "microsecond", "microseconds", "nanosecond",
+    "nanoseconds", "B", "byte", "bytes", "KB", "kB", "kb", "KiB", "MB", "mb", "MiB", "GB",
+    "gb", "GiB", "TB", "TiB", "%",
+))
+DATE_WORDS = frozenset((
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov",
+    "Dec", "January", "February", "March", "April", "June", "July", "August", "September",
+    "October", "November", "December", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun",
+    "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "AM",
+    "PM", "UTC", "GMT",
+))
 _OPEN_OF = {")": "(", "]": "[", "}": "{"}
 _CLOSE = {"(": ")", "[": "]", "{": "}", "'": "'", '"': '"'}
-_LITERALS = frozenset(["true", "false", "null", "True", "False", "None", "NULL", "nil"])
+_LITERALS = frozenset(("true", "false", "null", "True", "False", "None", "NULL", "nil"))
 _EMPTY_BRACKETS = frozenset(["()", "[]", "{}", "''", '""', "<>"])
 MAX_TOKEN_CHARS = 256  # longer tokens are variables (blobs), classified without a regex
-
 
 _B_DIGITS = b"0123456789"
 _B_NUMERIC = b"0123456789.:,-/+_~"
@@ -305,12 +315,6 @@ def kind_of(masked: str) -> str:
             core.replace(".", "").replace("-", "").replace("_", "").isalnum():
         return K_WORD if not trail else K_WORD_SEP
     return K_CONST
-
-
-def classify(tok: str) -> tuple[str, str]:
-    """(masked form, context kind) of one whitespace-free token."""
-    masked = classify_token(tok)
-    return masked, kind_of(masked)
 
 
 class Masker:
