@@ -133,7 +133,8 @@ def _shape_match(s: str) -> bool:
     return _SHAPE_OTHER.match(s) is not None
 
 
-_KV = re.compile(r"([A-Za-z_][\w.\-\[\]]*=)((?:[^,;&()\[\]{}]|\([^()]*\)|\[[^\[\]]*\]|\{[^{}]*\})*)")
+_KV = re.compile(r"([A-Za-z_][\w.\-\[\]]*=)"                                # key=
+                 r"((?:[^,;&()\[\]{}]|\([^()]*\)|\[[^\[\]]*\]|\{[^{}]*\})*)")   # value
 _KCOLON = re.compile(r"([A-Za-z_][\w.\-]*:)([^/:\s]+)\Z")
 _PIECES = re.compile(r"([()\[\]{}<>,;|\"'=:]+)")
 _ALNUM_RUNS = re.compile(r"[A-Za-z]+|[0-9]+")

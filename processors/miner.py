@@ -275,8 +275,28 @@ class Miner:
         p.alive = False
         if p.leaf is not None:
             p.leaf.remove(p)
+            if not p.leaf:
+                self._prune(len(p.tokens), p.path)
             p.leaf = None
         self.patterns.pop(p.id, None)
+
+    def _prune(self, length: int, path: tuple[str, ...]) -> None:
+        """Remove an emptied leaf and the tree nodes left without children, so the tree
+        stays as small as the live patterns."""
+        nodes = [self._root.get(length)]
+        for key in path:
+            if nodes[-1] is None:
+                return
+            nodes.append(nodes[-1].get(key))
+        if nodes[-1] is None or nodes[-1].get(_LEAF):
+            return
+        nodes[-1].pop(_LEAF, None)
+        for depth in range(len(path), 0, -1):
+            if nodes[depth]:
+                return
+            del nodes[depth - 1][path[depth - 1]]
+        if not nodes[0]:
+            del self._root[length]
 
     def _evict(self) -> None:
         while len(self.patterns) > self.max_patterns:

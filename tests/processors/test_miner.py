@@ -100,6 +100,20 @@ def test_eviction_bound_holds_and_is_counted() -> None:
     assert keep.alive
     assert m.evicted_total == m.created_total - len(m.patterns)
     assert m.evicted_total > 0
+    # the tree holds no more leaves than live patterns need
+    leaves = []
+
+    def walk(node: dict) -> None:
+        for key, child in node.items():
+            if key == "":
+                leaves.append(child)
+            else:
+                walk(child)
+
+    for node in m._root.values():
+        walk(node)
+    assert all(leaves) and sum(len(leaf) for leaf in leaves) == len(m.patterns)
+    assert len(leaves) <= len(m.patterns)
     assert len(m._created) <= 10 + len(m.aliases) + 10
 
 
