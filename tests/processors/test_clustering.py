@@ -414,3 +414,31 @@ def test_metrics_after_a_run() -> None:
     assert metric(proc, "lipservice_clustering_templates_clustered") == 3
     assert metric(proc, "lipservice_clustering_last_run_timestamp_seconds") == 1234.0
     assert metric(proc, "lipservice_clustering_last_run_duration_seconds") > 0
+
+
+def test_only_the_family_attribute_is_added_to_a_record() -> None:
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    proc = quiet()
+    batch = make_batch([DISK])
+    rec = batch.records[0]
+    rec.severity_number = 17
+    rec.trace_id = b"\x01" * 16
+    rec.attributes.append(KeyValue(key="k", value=AnyValue(int_value=7)))
+    before = type(rec)()
+    before.CopyFrom(rec)
+    proc.process(batch)
+    assert [kv.key for kv in rec.attributes] == ["k", ATTR_FAMILY]
+    del rec.attributes[1]
+    assert rec == before
+
+
+def test_templates_without_any_token_are_each_a_family() -> None:
+    proc = quiet()
+    proc.process(make_batch(["", "  "], ids=["a" * 16, "b" * 16]))
+    proc.run_now(1.0)
+    assert metric(proc, "lipservice_clustering_runs", {"outcome": "ok"}) == 1
+    assert (proc.family_of("a" * 16), proc.family_of("b" * 16)) == ("a" * 16, "b" * 16)
+    batch = make_batch([" "], ids=["c" * 16], now=2.0)  # joins nothing, no error
+    proc.process(batch)
+    assert batch.families == ["c" * 16]
