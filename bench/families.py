@@ -206,7 +206,7 @@ class CachedSignature:
 
 def latency(executor: str, batches: int, cycles: int = 3) -> tuple[float, float, float, float, int, float, float]:
     """(p50 idle, p99 idle, p50 during run, p99 during run (ms), batches during runs, mean
-    run seconds, clustering process() alone in µs per record (p50)) over ``cycles``
+    run seconds, clustering process() alone in µs per record (best p50 of 3 rounds)) over ``cycles``
     alternations of ``batches // cycles`` idle batches and one run."""
     templates = synthetic_templates()
     proc = ClusteringProcessor(Config(executor=executor, min_new_templates=10**9,
@@ -234,15 +234,20 @@ def latency(executor: str, batches: int, cycles: int = 3) -> tuple[float, float,
 
     for k in range(20):  # warm-up
         timed(k)
-    # The clustering processor alone (signature already applied), per record.
-    alone = []
+    # The clustering processor alone (signature already applied), per record: the best p50
+    # of three rounds (a shared machine's bursts of load only ever slow a round down).
     signature = pipeline.processors[0][1]
-    for k in range(batches):
-        batch = LogBatch(ExportLogsServiceRequest.FromString(payloads[k % len(payloads)]), 0.0)
-        signature.process(batch)
-        t0 = time.perf_counter()
-        proc.process(batch)
-        alone.append((time.perf_counter() - t0) / BATCH)
+    alone_p50 = []
+    for _ in range(3):
+        alone = []
+        for k in range(max(1, batches // 3)):
+            batch = LogBatch(ExportLogsServiceRequest.FromString(payloads[k % len(payloads)]),
+                             0.0)
+            signature.process(batch)
+            t0 = time.perf_counter()
+            proc.process(batch)
+            alone.append((time.perf_counter() - t0) / BATCH)
+        alone_p50.append(sorted(alone)[len(alone) // 2])
     # A first run starts the worker (the child process imports scikit-learn): untimed.
     proc.run_now()
     proc.wait(900)
@@ -267,7 +272,7 @@ def latency(executor: str, batches: int, cycles: int = 3) -> tuple[float, float,
         return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000 if xs else float("nan")
 
     return (pct(idle, 0.5), pct(idle, 0.99), pct(during, 0.5), pct(during, 0.99), len(during),
-            run_s / cycles, pct(alone, 0.5) * 1000)
+            run_s / cycles, min(alone_p50) * 1e6)
 
 
 def main() -> None:
@@ -295,7 +300,7 @@ def main() -> None:
             print(f"{executor:<9} {p50:>8.2f} {p99:>8.2f} {r50:>8.2f} {r99:>8.2f} "
                   f"{r99 / p99:>9.2f} {n:>7} {run_s:>6.1f} {us:>6.2f}")
         print("batches: timed during runs; run s: mean wall time of a run; us/rec: the "
-              "clustering processor alone, p50 per record")
+              "clustering processor alone per record (best p50 of 3 rounds)")
 
 
 if __name__ == "__main__":

@@ -648,11 +648,15 @@ class ClusteringProcessor:
         """State as JSON data: ``{"version": 1, "templates": [[pattern_id, template, family,
         first_seen, volume], …], "aliases": {old: new}}``. The first-seen ages travel with
         it, so family ids survive a restart."""
-        with self._lock:
-            rows = [[p, self._templates.get(p, ""), e[0], self._first_seen.get(p, 0),
-                     self._volumes.get(p, 0)] for p, e in self._entries.items()]
-            return {"version": SNAPSHOT_VERSION, "templates": rows,
-                    "aliases": dict(self._aliases)}
+        with self._lock:  # copies only; the rows are built outside the lock
+            entries = dict(self._entries)
+            templates = dict(self._templates)
+            first_seen = dict(self._first_seen)
+            volumes = dict(self._volumes)
+            aliases = dict(self._aliases)
+        rows = [[p, templates.get(p, ""), e[0], first_seen.get(p, 0), volumes.get(p, 0)]
+                for p, e in entries.items()]
+        return {"version": SNAPSHOT_VERSION, "templates": rows, "aliases": aliases}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a :meth:`snapshot`; a run starts with the next batch, to rebuild the model

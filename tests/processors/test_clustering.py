@@ -442,3 +442,66 @@ def test_templates_without_any_token_are_each_a_family() -> None:
     batch = make_batch([" "], ids=["c" * 16], now=2.0)  # joins nothing, no error
     proc.process(batch)
     assert batch.families == ["c" * 16]
+
+
+# --------------------------------------------------------------------------- replay
+
+
+class RawSignature:
+    """Signature double for the replay test: the whole body is the template (nothing is
+    masked), so numbers over-split templates as an imperfect miner would."""
+
+    Config = Config  # any StrictModel; its settings are unused
+
+    def __init__(self, config: Any) -> None: ...
+
+    def process(self, batch: LogBatch) -> None:
+        for i, rec in enumerate(batch.records):
+            batch.templates[i] = rec.body.string_value
+            batch.pattern_ids[i] = pid(rec.body.string_value)
+
+
+def test_replay_keep_all_output_carries_the_family(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    import processors
+    from collector.cli import main
+
+    monkeypatch.setitem(processors.PROCESSORS, "signature",
+                        f"{__name__}:RawSignature")
+    out = tmp_path / "out.jsonl"
+    cfg = tmp_path / "replay.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "receivers": {"otlp": {"protocols": {"http": {"endpoint": "127.0.0.1:0"}}}},
+        "processors": {"signature": {}, "clustering": {"executor": "inline",
+                                                        "min_new_templates": 3},
+                       "sampling": {}},
+        "exporters": {"file": {"path": str(out)}},
+        "service": {"pipelines": {"logs": {"receivers": ["otlp"],
+                                           "processors": ["signature", "clustering",
+                                                          "sampling"],
+                                           "exporters": ["file"]}}},
+        "storage": {"directory": str(tmp_path / "state")},
+    }))
+    lines = ["worker 3 started job 17", "worker 7 started job 18", "Disk sda is full",
+             "worker 9 started job 19", "Disk sdb is full"]
+    logs = tmp_path / "app.log"
+    logs.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit) as done:
+        main(["replay", "-c", str(cfg), "--keep-all", "--rate", "1", str(logs)])
+    assert done.value.code == 0, capsys.readouterr().err
+
+    families = []
+    for line in out.read_text().splitlines():
+        for rl in json.loads(line)["resourceLogs"]:
+            for sl in rl["scopeLogs"]:
+                for rec in sl["logRecords"]:
+                    attrs = {kv["key"]: kv["value"] for kv in rec["attributes"]}
+                    families.append(attrs[ATTR_FAMILY]["stringValue"])
+    # Batches of one record (--rate 1): the third new template triggers a run, after which
+    # the fourth line joins its family.
+    assert len(families) == len(lines)
+    assert families[3] == families[0] == pid(lines[0])
+    assert families[2] == pid(lines[2])
