@@ -46,7 +46,7 @@ and the services the sampling processor tracks.
 from __future__ import annotations
 
 import math
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -76,14 +76,24 @@ class AnomalyConfig(StrictModel):
 
 
 class _Ewma:
-    """Exponentially weighted mean and variance of bucket counts."""
+    """Exponentially weighted mean and variance of bucket counts. ``last`` is the number of
+    the last bucket folded in: empty buckets since then are folded in lazily (:meth:`catch_up`)
+    so that a bucket close only touches the patterns seen in it."""
 
-    __slots__ = ("mean", "var", "n")
+    __slots__ = ("mean", "var", "n", "last")
 
-    def __init__(self, mean: float = 0.0, var: float = 0.0, n: int = 0) -> None:
+    def __init__(self, mean: float = 0.0, var: float = 0.0, n: int = 0, last: int = 0) -> None:
         self.mean = mean
         self.var = var
         self.n = n
+        self.last = last
+
+    def catch_up(self, bucket_no: int, alpha: float) -> None:
+        """Fold in the empty buckets between ``last`` and ``bucket_no`` (exclusive)."""
+        gap = bucket_no - self.last - 1
+        if gap > 0 and self.n:
+            self.decay(gap, alpha)
+        self.last = max(self.last, bucket_no - 1)
 
     def update(self, count: float, alpha: float) -> None:
         if self.n == 0:
@@ -130,13 +140,18 @@ class ServiceAnomalies:
     """Per-service detector state. ``flagged`` is the live set of pattern ids the sampler
     boosts; ``surge_until`` > now means the whole service is boosted."""
 
-    __slots__ = ("started", "bucket_start", "bucket", "errors", "tracks", "flagged",
-                 "errors_rate", "surge_until", "surge_count", "surge_z")
+    __slots__ = ("started", "bucket_start", "bucket_no", "base", "pending", "errors", "tracks",
+                 "flagged", "errors_rate", "surge_until", "surge_count", "surge_z")
 
     def __init__(self, now: float) -> None:
         self.started = now
         self.bucket_start = now
-        self.bucket: Counter[str] = Counter()
+        self.bucket_no = 0
+        # Bucket counts are differences of the sampler's per-window counters (no per-record
+        # work here): ``base`` = window counts at the last bucket close, ``pending`` = counts
+        # carried over from windows that closed during this bucket.
+        self.base: dict[str, int] = {}
+        self.pending: dict[str, int] = {}
         self.errors = 0
         self.tracks: OrderedDict[str, _Track] = OrderedDict()
         self.flagged: set[str] = set()
@@ -149,10 +164,12 @@ class ServiceAnomalies:
 class AnomalyDetector:
     """Flags new patterns, volume spikes and error surges per service (module docstring).
 
-    The sampling processor calls :meth:`state` once per batch and service,
-    :meth:`first_in_window` on the first record of a pattern in each sampling window, and
-    :meth:`observe` with the batch's pattern ids. Not thread-safe for writers; readers
-    (:meth:`flags`, :meth:`collect_metrics`) take copies.
+    The sampling processor, per batch and service: :meth:`state`; when :meth:`due`,
+    :meth:`close_bucket` with its window counters (records per pattern so far in its
+    current window); :meth:`first_in_window` on the first record of a pattern in each of
+    its windows; :meth:`add_errors`; and :meth:`window_closed` with the final counters when
+    its window ends. Not thread-safe for writers; readers (:meth:`flags`,
+    :meth:`collect_metrics`) take copies.
     """
 
     def __init__(self, config: AnomalyConfig | None = None) -> None:
@@ -164,15 +181,46 @@ class AnomalyDetector:
     # ------------------------------------------------------------------ hot path
 
     def state(self, service: str, now: float) -> ServiceAnomalies:
-        """The service's state (created on first use); closes elapsed buckets first."""
+        """The service's state (created on first use)."""
         st = self._services.get(service)
         if st is None:
             st = self._services[service] = ServiceAnomalies(now)
         elif st.bucket_start == -math.inf:  # restored from a snapshot
             st.bucket_start = now
-        elif now >= st.bucket_start + self.config.interval:
-            self._close_buckets(st, now)
         return st
+
+    def due(self, st: ServiceAnomalies, now: float) -> bool:
+        """Has the current bucket ended at ``now``?"""
+        return self.config.enabled and now >= st.bucket_start + self.config.interval
+
+    def close_bucket(self, st: ServiceAnomalies, now: float,
+                     window_counts: dict[str, int]) -> None:
+        """Close the ended bucket. window_counts: records per pattern so far in the
+        sampler's current window (kept by this object until the next call)."""
+        counts = st.pending
+        base = st.base
+        for pid, c in window_counts.items():
+            d = c - base.get(pid, 0)
+            if d:
+                counts[pid] = counts.get(pid, 0) + d
+        st.base = window_counts
+        st.pending = {}
+        self._judge(st, now, counts)
+
+    def window_closed(self, st: ServiceAnomalies, window_counts: dict[str, int]) -> None:
+        """The sampler's window ended with these counts: carry what the current bucket has
+        not seen yet, and start the next window from zero."""
+        pending = st.pending
+        base = st.base
+        for pid, c in window_counts.items():
+            d = c - base.get(pid, 0)
+            if d:
+                pending[pid] = pending.get(pid, 0) + d
+        st.base = {}
+
+    def add_errors(self, st: ServiceAnomalies, errors: int) -> None:
+        """Add a batch's count of ERROR+ records to the current bucket."""
+        st.errors += errors
 
     def first_in_window(self, st: ServiceAnomalies, pattern_id: str, now: float) -> None:
         """Record one pattern's first record in a sampling window: registers a pattern never
@@ -182,6 +230,7 @@ class AnomalyDetector:
         track = st.tracks.get(pattern_id)
         if track is None:
             track = st.tracks[pattern_id] = _Track(now)
+            track.rate.last = st.bucket_no - 1
             if now - st.started >= self.config.warmup:
                 track.new_until = now + self.config.new_pattern_window
                 st.flagged.add(pattern_id)
@@ -193,42 +242,52 @@ class AnomalyDetector:
             st.tracks.move_to_end(pattern_id)
         track.last_seen = now
 
-    def observe(self, st: ServiceAnomalies, pattern_ids: Iterable[str], errors: int) -> None:
-        """Add one batch's records (one pattern id per record) and its ERROR+ count to the
-        current bucket."""
-        if self.config.enabled:
-            st.bucket.update(pattern_ids)
-            st.errors += errors
-
     # ------------------------------------------------------------------ buckets
 
-    def _close_buckets(self, st: ServiceAnomalies, now: float) -> None:
+    def _judge(self, st: ServiceAnomalies, now: float, bucket: dict[str, int]) -> None:
+        """Judge and fold in the bucket that ended (only the patterns seen in it; the others
+        catch up lazily), then expire flags."""
         cfg = self.config
         alpha = self._alpha
         elapsed = int((now - st.bucket_start) // cfg.interval)
         bucket_end = st.bucket_start + cfg.interval
-        bucket = st.bucket
-        for pid, track in st.tracks.items():
-            c = bucket.get(pid, 0)
+        no = st.bucket_no
+        tracks = st.tracks
+        min_n, min_count, ratio, z_thr = (cfg.min_intervals, cfg.min_count,
+                                          cfg.ratio_threshold, cfg.z_threshold)
+        keep = 1.0 - alpha
+        for pid, c in bucket.items():  # inlined _Ewma.update: this runs per pattern
+            track = tracks.get(pid)
+            if track is None:
+                continue
             rate = track.rate
-            if c and rate.n >= cfg.min_intervals:
+            if no - rate.last > 1:
+                rate.catch_up(no, alpha)
+            n = rate.n
+            mean = rate.mean
+            if c >= min_count and n >= min_n and c >= ratio * mean:
                 z = rate.z(c)
                 track.last_z = z
-                if z >= cfg.z_threshold and c >= cfg.min_count and c >= cfg.ratio_threshold * rate.mean:
+                if z >= z_thr:
                     if track.spike_until <= bucket_end:
                         self.detected["spike"] += 1
                     track.spike_until = now + cfg.hold
                     st.flagged.add(pid)
             track.last_count = c
-            rate.update(c, alpha)
-            if elapsed > 1:
-                rate.decay(elapsed - 1, alpha)
+            if n:
+                diff = c - mean
+                incr = alpha * diff
+                rate.mean = mean + incr
+                rate.var = keep * (rate.var + diff * incr)
+            else:
+                rate.mean = float(c)
+            rate.n = n + 1
+            rate.last = no
         er = st.errors_rate
-        if st.errors and er.n >= cfg.min_intervals:
+        if st.errors >= cfg.min_errors and er.n >= min_n and st.errors >= ratio * er.mean:
             z = er.z(st.errors)
             st.surge_z = z
-            if (z >= cfg.z_threshold and st.errors >= cfg.min_errors
-                    and st.errors >= cfg.ratio_threshold * er.mean):
+            if z >= z_thr:
                 if st.surge_until <= bucket_end:
                     self.detected["error_surge"] += 1
                 st.surge_until = now + cfg.hold
@@ -236,12 +295,10 @@ class AnomalyDetector:
         er.update(st.errors, alpha)
         if elapsed > 1:
             er.decay(elapsed - 1, alpha)
-        st.bucket = Counter()
         st.errors = 0
         st.bucket_start += elapsed * cfg.interval
-        # Expire flags.
+        st.bucket_no += elapsed
         if st.flagged:
-            tracks = st.tracks
             st.flagged = {pid for pid in st.flagged if pid in tracks and (
                 tracks[pid].new_until > now or tracks[pid].spike_until > now)}
 
@@ -266,8 +323,11 @@ class AnomalyDetector:
         track = st.tracks.get(pattern_id) if st else None
         if track is None:
             return None
+        assert st is not None
+        idle = st.bucket_no - track.rate.last - 1  # empty buckets not yet folded in
+        mean = track.rate.mean * (1.0 - self._alpha) ** max(idle, 0)
         return {"first_seen": track.first_seen, "last_seen": track.last_seen,
-                "rate_per_s": track.rate.mean / self.config.interval,
+                "rate_per_s": mean / self.config.interval,
                 "last_z": round(track.last_z, 3)}
 
     def flags(self, now: float) -> list[dict[str, Any]]:

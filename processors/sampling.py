@@ -187,8 +187,8 @@ def record_severity(record: LogRecord) -> int:
     body = record.body
     s = body.string_value
     if s:
-        head = s.lstrip()[:1]
-        if head == "{":
+        head = s[:1]
+        if head == "{" or (head.isspace() and s.lstrip()[:1] == "{"):
             m = _JSON_LEVEL.search(s, 0, 4096)
             if m:
                 if m.group(1):
@@ -355,6 +355,7 @@ class SamplingProcessor:
         self._table: tuple[_Compiled, dict[str, _Compiled]] = (default, per_service)
         self._services: OrderedDict[str, _Service] = OrderedDict()
         self._attr_cache: dict[float, bytes] = {}
+        self._thresholds: dict[float, bytes] = {}
         drop = LogRecord()
         drop.attributes.add(key=ATTR_DECISION).value.string_value = "drop"
         self._drop_bytes = drop.SerializeToString()
@@ -486,6 +487,8 @@ class SamplingProcessor:
 
         detector = self._detector
         anomaly = st.anomaly
+        if detector.due(anomaly, now):
+            detector.close_bucket(anomaly, now, _counts(st.seen))
         boosted, surge = detector.boosted(anomaly, now)
         boosting = surge or bool(boosted)
         first_in_window = detector.first_in_window
@@ -504,7 +507,8 @@ class SamplingProcessor:
         cap_kept = st.cap_kept
         cap_get = cap_kept.get
         rnd = self._rng.random
-        from_bytes = int.from_bytes
+        thresholds = self._thresholds
+        threshold_get = thresholds.get
         new_keys: list[str] = []
         n_exempt = n_first = n_sampled = n_anomaly = n_err = 0
         mask: list[bool] = []
@@ -557,8 +561,12 @@ class SamplingProcessor:
                 p = min(1.0, p * boost)
             tid = rec.trace_id
             if tid and len(tid) == 16 and tid != _ZERO_TRACE:
-                # OTel consistent probability sampling: R = the 56 low bits of the trace id.
-                keep = from_bytes(tid[9:], "big") >= (1.0 - p) * _TWO56
+                # OTel consistent probability sampling: R = the 56 low bits of the trace id,
+                # kept iff R >= (1 - p) * 2**56; compared as 7 big-endian bytes.
+                t = threshold_get(p)
+                if t is None:
+                    t = self._threshold(p)
+                keep = tid[9:] >= t
             else:
                 keep = rnd() < p
             if keep and cap:
@@ -580,7 +588,8 @@ class SamplingProcessor:
         # ---- per-batch aggregates: C-speed passes, Python only over kept records
         kept_keys = list(compress(keys, mask))
         st.win_kept.update(kept_keys)
-        detector.observe(anomaly, keys, n_err)
+        if n_err:
+            detector.add_errors(anomaly, n_err)
         if new_keys:
             self._remember_patterns(st, batch, idx, keys, new_keys, now)
         kr = self.kept_by_reason
@@ -667,6 +676,17 @@ class SamplingProcessor:
                 if not keep:
                     rec.MergeFromString(drop)
 
+    def _threshold(self, p: float) -> bytes:
+        """The rejection threshold ceil((1 - p) * 2**56) as 7 big-endian bytes; when that is
+        2**56 (p = 0, or too small to matter) a value no 7-byte R reaches (8 bytes, compared
+        lexicographically)."""
+        if len(self._thresholds) >= 4096:
+            self._thresholds.clear()
+        v = math.ceil((1.0 - p) * _TWO56)
+        t = v.to_bytes(7, "big") if v < 1 << 56 else b"\xff" * 8
+        self._thresholds[p] = t
+        return t
+
     def _attr_bytes(self, w: float) -> bytes:
         if len(self._attr_cache) >= 4096:
             self._attr_cache.clear()
@@ -731,6 +751,7 @@ class SamplingProcessor:
                 out.append((key, ps, kept, dropped, mix))
         if out and summaries is not None:
             summaries.append(self._summary_records(st, out))
+        self._detector.window_closed(st.anomaly, _counts(st.seen))
         st.seen = {}
         st.win_kept = Counter()
         st.odd_sev = {}
@@ -807,7 +828,7 @@ class SamplingProcessor:
             if service is not None and name != service:
                 continue
             pol = per_service.get(name, default).policy
-            seen = {k: v >> 5 for k, v in list(st.seen.items())}
+            seen = _counts(st.seen)
             win_kept = dict(st.win_kept)
             size_sum, size_cnt = dict(st.size_sum), dict(st.size_cnt)
             win_mix = _severity_mixes(st.seen, st.odd_sev)
@@ -933,6 +954,11 @@ class SamplingProcessor:
             st = _Service(name, self._detector.state(name, self._now))
             st.patterns = od
             self._services[name] = st
+
+
+def _counts(seen: dict[str, int]) -> dict[str, int]:
+    """Records per pattern from the packed window counters."""
+    return {k: v >> 5 for k, v in list(seen.items())}
 
 
 def _severity_mixes(seen: dict[str, int],

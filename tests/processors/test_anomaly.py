@@ -13,13 +13,21 @@ from processors.anomaly import AnomalyConfig, AnomalyDetector
 T0 = 1_700_000_000.0
 
 
+_windows: dict[tuple[int, str], dict[str, int]] = {}
+
+
 def feed(det: AnomalyDetector, service: str, now: float, counts: dict[str, int],
          errors: int = 0) -> None:
-    """One batch: what the sampling processor does per service."""
+    """One batch, as the sampling processor hands it over (one endless sampling window)."""
+    win = _windows.setdefault((id(det), service), {})
     st = det.state(service, now)
+    if det.due(st, now):
+        det.close_bucket(st, now, dict(win))
     for pid in counts:
         det.first_in_window(st, pid, now)
-    det.observe(st, [pid for pid, n in counts.items() for _ in range(n)], errors)
+    for pid, n in counts.items():
+        win[pid] = win.get(pid, 0) + n
+    det.add_errors(st, errors)
 
 
 def test_new_pattern_flagged_only_after_warmup_and_expires():
@@ -61,6 +69,23 @@ def test_volume_spike_flagged_and_steady_noise_not():
         feed(det, "svc", t, {"steady": 100, "spiky": 10})
     assert det.pattern_flags("svc", "spiky", t) == []
     assert det.detected["spike"] == 1
+
+
+def test_counts_carry_across_sampling_windows():
+    det = AnomalyDetector(AnomalyConfig(interval=10, warmup=0, new_pattern_window=0,
+                                        min_count=50, hold=30))
+    st = det.state("svc", T0)
+    det.first_in_window(st, "p", T0)
+    t = T0
+    for _ in range(10):  # baseline: 10 per bucket
+        det.close_bucket(st, t, {"p": 10})
+        det.window_closed(st, {"p": 10})  # a sampling window per bucket, for the test
+        t += 10
+    # 300 records in the bucket, split over two sampling windows (200 + 100).
+    det.window_closed(st, {"p": 200})
+    det.close_bucket(st, t, {"p": 100})
+    assert det.pattern_flags("svc", "p", t) == ["spike"]
+    assert det.flags(t)[0]["count"] == 300
 
 
 def test_small_counts_never_spike():
