@@ -48,11 +48,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import xxhash  # noqa: E402
+import yaml  # noqa: E402
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (  # noqa: E402
     ExportLogsServiceRequest,
 )
 
 from processors.base import ATTR_ADJUSTED_COUNT, LogBatch  # noqa: E402
+from processors.policy import DEFAULT_POLICY, Policy, load_policy  # noqa: E402
 from processors.sampling import SUMMARY_EVENT, Config, SamplingProcessor  # noqa: E402
 from processors.signature import SignatureProcessor  # noqa: E402
 
@@ -196,10 +198,10 @@ class Result:
 
 
 class Runner:
-    def __init__(self, seed: int, window: float, keep_limit: int = 0) -> None:
+    def __init__(self, seed: int, policy: Policy, keep_limit: int = 0) -> None:
         self.signature = SignatureProcessor(SignatureProcessor.Config())
-        self.sampler = SamplingProcessor(Config(seed=seed))
-        self.window = window
+        self.sampler = SamplingProcessor(Config(seed=seed, policy=policy))
+        self.window = policy.window
         self.use_temporary: bool | None = None
         # Batches (as they entered the sampler) kept for the throughput measurement.
         self.keep_limit = keep_limit
@@ -298,7 +300,7 @@ def replay(runner: Runner, res: Result, sources: list[Source], total: int,
 
 
 def replay_system(root: Path, name: str, args: argparse.Namespace) -> Result:
-    runner = Runner(args.seed, runner_window())
+    runner = Runner(args.seed, args.policy)
     src = Source(name, load_system(root, name))
     res = Result(name)
     replay(runner, res, [src], len(src.lines), args)
@@ -307,7 +309,7 @@ def replay_system(root: Path, name: str, args: argparse.Namespace) -> Result:
 
 def replay_interleaved(root: Path, systems: list[str],
                        args: argparse.Namespace) -> tuple[Result, list]:
-    runner = Runner(args.seed, runner_window(), keep_limit=args.throughput_records)
+    runner = Runner(args.seed, args.policy, keep_limit=args.throughput_records)
     sources = [Source(s, load_system(root, s)) for s in systems]
     res = Result(f"interleaved ({len(systems)} systems)")
     replay(runner, res, sources, args.records, args)
@@ -318,7 +320,8 @@ def replay_interleaved(root: Path, systems: list[str],
     return res, runner.keep_batches or []
 
 
-def sampling_throughput(kept: list, seed: int, repeats: int = 3) -> tuple[float, float]:
+def sampling_throughput(kept: list, seed: int, policy: Policy,
+                        repeats: int = 3) -> tuple[float, float]:
     """Best-of-``repeats`` CPU time of SamplingProcessor.process over the recorded batches
     (fresh copies, a fresh processor each time). Returns (records/s, share of that time
     spent inside LogBatch.retain)."""
@@ -343,7 +346,7 @@ def sampling_throughput(kept: list, seed: int, repeats: int = 3) -> tuple[float,
                 b.pattern_ids, b.templates = list(ids), list(templates)
                 batches.append(b)
             n = sum(len(b) for b in batches)
-            proc = SamplingProcessor(Config(seed=seed))
+            proc = SamplingProcessor(Config(seed=seed, policy=policy))
             spent[0] = 0.0
             t0 = time.process_time()
             for b in batches:
@@ -354,10 +357,6 @@ def sampling_throughput(kept: list, seed: int, repeats: int = 3) -> tuple[float,
     finally:
         LogBatch.retain = real_retain  # type: ignore[method-assign]
     return n / best, best_retain / best
-
-
-def runner_window() -> float:
-    return SamplingProcessor(Config()).policy().window
 
 
 def python_loop_ns(n: int = 2_000_000) -> float:
@@ -402,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--min-records", type=int, default=1000)
+    ap.add_argument("--policy-file", help="YAML/JSON policy document instead of the default")
     ap.add_argument("--skip-systems", action="store_true", help="only the interleaved run")
     ap.add_argument("--throughput-records", type=int, default=200_000,
                     help="records replayed 3 times for the sampling throughput (0 = skip)")
@@ -411,8 +411,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Loghub data not found at {root} (set LIPSERVICE_LOGHUB_DIR)", file=sys.stderr)
         return 2
     systems = [s for s in args.systems.split(",") if s]
-    pol = SamplingProcessor(Config()).policy()
-    print(f"default policy: keep_first_n={pol.keep_first_n} window={pol.window:g}s "
+    if args.policy_file:
+        args.policy = load_policy(yaml.safe_load(Path(args.policy_file).read_text()))
+    else:
+        args.policy = DEFAULT_POLICY
+    pol = args.policy
+    print(f"{'policy from ' + args.policy_file if args.policy_file else 'default policy'}: keep_first_n={pol.keep_first_n} window={pol.window:g}s "
           f"severity_rates={dict(pol.severity_rates)} global_rate={pol.global_rate} "
           f"anomaly_boost={pol.anomaly_boost}")
     results = [] if args.skip_systems else [replay_system(root, s, args) for s in systems]
@@ -437,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  sampling stage, whole run ({r.records_in:,} records): "
           f"{r.records_in / r.samp_seconds:,.0f} records/s")
     if kept_batches:
-        rate, retain_share = sampling_throughput(kept_batches, args.seed)
+        rate, retain_share = sampling_throughput(kept_batches, args.seed, args.policy)
         n = sum(len(b[1]) for b in kept_batches)
         print(f"  sampling stage, best of 3 on the first {n:,} records: {rate:,.0f} records/s "
               f"({100 * retain_share:.0f}% of it inside LogBatch.retain)")

@@ -51,7 +51,9 @@ policy             (built-in)   the starting default policy; fields left out tak
 policies           {}           service.name -> starting policy for that service (same shape)
 emit_summaries     false        per window, one summary record per pattern with drops
 anomaly            (see below)  anomaly detection settings (processors/anomaly.py)
-max_patterns       10000        patterns with statistics per service (LRU eviction)
+max_patterns       10000        patterns with statistics per service (LRU eviction); also
+                                the most patterns counted in one window before the window's
+                                counters are folded early
 max_services       1000         services with state (LRU eviction)
 metrics_top_k      20           patterns per service exported as per-pattern metrics
 seed               null         PRNG seed (tests, benchmarks); null = from the OS
@@ -82,7 +84,7 @@ import math
 import random
 import re
 import threading
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterable
 from itertools import compress, repeat
 from typing import Any, NamedTuple
@@ -313,7 +315,7 @@ class _Service:
         self.window_start = 0.0
         self.window_end = -math.inf
         self.seen: dict[str, int] = {}  # packed, see below
-        self.win_kept: Counter[str] = Counter()
+        self.win_kept: dict[str, int] = {}
         # seen[pattern] packs (records this window << 5) | severity_number of its first
         # record; odd_sev counts the records whose severity differs from that first one.
         self.odd_sev: dict[tuple[str, int], int] = {}
@@ -586,18 +588,26 @@ class SamplingProcessor:
                 keep_append(False)
 
         # ---- per-batch aggregates: C-speed passes, Python only over kept records
-        kept_keys = list(compress(keys, mask))
-        st.win_kept.update(kept_keys)
+        win_kept = st.win_kept
+        wk_get = win_kept.get
+        n_kept = 0
+        for k in compress(keys, mask):
+            win_kept[k] = wk_get(k, 0) + 1
+            n_kept += 1
         if n_err:
             detector.add_errors(anomaly, n_err)
         if new_keys:
             self._remember_patterns(st, batch, idx, keys, new_keys, now)
+            if len(seen) > self.config.max_patterns:
+                # Too many patterns in one window (a flood of unique messages): fold the
+                # counters now. First-N then starts over, which keeps more, never fewer.
+                self._close_window(st, summaries)
         kr = self.kept_by_reason
         kr["exempt"] += n_exempt
         kr["first_n"] += n_first
         kr["sampled"] += n_sampled
         kr["anomaly"] += n_anomaly
-        self.dropped += len(mask) - len(kept_keys)
+        self.dropped += len(mask) - n_kept
         return _Decided(records, mask, kept_w)
 
     def _key_rates(self, batch: LogBatch, comp: _Compiled, idx: list[int] | None,
@@ -753,7 +763,7 @@ class SamplingProcessor:
             summaries.append(self._summary_records(st, out))
         self._detector.window_closed(st.anomaly, _counts(st.seen))
         st.seen = {}
-        st.win_kept = Counter()
+        st.win_kept = {}
         st.odd_sev = {}
         st.size_sum = {}
         st.size_cnt = {}

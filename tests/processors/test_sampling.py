@@ -596,3 +596,43 @@ def test_set_policy_rejects_a_bad_document_and_keeps_the_current_one():
     assert proc.policy().version == 1
     proc.set_policy({"global_rate": 0.3, "version": 2, "generated_by": "operator"})
     assert proc.policy().version == 2
+
+
+class Boom(random.Random):
+    def __init__(self, after: int) -> None:
+        super().__init__(1)
+        self.left = after
+
+    def random(self) -> float:
+        self.left -= 1
+        if self.left < 0:
+            raise RuntimeError("boom")
+        return super().random()
+
+
+def test_an_error_while_deciding_leaves_the_batch_untouched_and_the_pipeline_fails_open():
+    from collector.pipeline import Pipeline
+
+    policy = Policy(keep_first_n=1, global_rate=0.5, severity_rates={})
+    proc = SamplingProcessor(Config(policy=policy, anomaly=NO_ANOMALY), rng=Boom(after=5))
+    batch = make_batch([Rec(pid="p", body=str(i)) for i in range(30)])
+    with pytest.raises(RuntimeError):
+        proc.process(batch)
+    assert len(batch) == 30
+    assert all(len(r.attributes) == 0 for r in batch.records)
+
+    proc = SamplingProcessor(Config(policy=policy, anomaly=NO_ANOMALY), rng=Boom(after=5))
+    request = make_batch([Rec(pid="p", body=str(i)) for i in range(30)]).request
+    out = Pipeline([("sampling", proc)], []).process(request)
+    assert len(out) == 30  # passed on unsampled, nothing lost
+    assert all(attr(r, ATTR_ADJUSTED_COUNT) is None for r in out.records)
+
+
+def test_a_flood_of_unique_patterns_keeps_window_state_bounded_and_keeps_more_not_less():
+    proc = sampler(Policy(keep_first_n=1, global_rate=0.0, severity_rates={}),
+                   max_patterns=50)
+    batch = make_batch([Rec(pid=f"u{i}", body=str(i)) for i in range(500)])
+    proc.process(batch)
+    assert len(batch) == 500  # every pattern's first record kept
+    st_ = proc._services["svc"]
+    assert len(st_.seen) <= 50 and len(st_.patterns) <= 50
