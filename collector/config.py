@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 DEFAULT_CONFIG_NAME = "default.yaml"
 
@@ -120,14 +127,31 @@ class HttpServerConfig(StrictModel):
 
 
 class OtlpProtocols(StrictModel):
+    """A protocol is enabled when its key is present; ``grpc:`` with no value (YAML null)
+    enables it with defaults, as in the Collector."""
+
     grpc: GrpcServerConfig | None = None
     http: HttpServerConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _present_means_enabled(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: ({} if v is None and k in ("grpc", "http") else v)
+                    for k, v in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> OtlpProtocols:
+        if self.grpc is None and self.http is None:
+            raise ValueError("enable at least one protocol: `grpc:` and/or `http:`")
+        return self
 
 
 class OtlpReceiverConfig(StrictModel):
     """``receivers: otlp:``; a protocol key present with an empty value uses its defaults."""
 
-    protocols: OtlpProtocols = Field(default_factory=OtlpProtocols)
+    protocols: OtlpProtocols
 
 
 RECEIVER_TYPES: dict[str, type[StrictModel]] = {"otlp": OtlpReceiverConfig}

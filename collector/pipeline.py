@@ -81,6 +81,10 @@ class Pipeline:
                                       getattr(exp_cfg, "retry_on_failure", None)))
         return cls(processors, queues, clock)
 
+    def has_room(self, n: int) -> bool:
+        """True when every exporter queue can take ``n`` more records."""
+        return all(q.has_room(n) for q in self.queues)
+
     def admit(self, n: int) -> None:
         """Raise Refused unless every exporter queue has room for ``n`` more records."""
         for q in self.queues:

@@ -1,0 +1,63 @@
+"""OTLP receivers: gRPC (``otlp_grpc``) and HTTP (``otlp_http``), sharing ``codec``.
+
+A receiver is built as ``Cls(name, config, pipeline)``; ``await start()`` binds (raising
+OSError with a message naming the endpoint when it cannot) and ``await stop()`` stops
+accepting and lets requests in progress finish. The pipeline is anything with
+``consume(request) -> int`` (records accepted) that raises ``collector.pipeline.Refused``
+when it cannot take the request now.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+
+class Consumer(Protocol):
+    def consume(self, request: ExportLogsServiceRequest) -> int: ...
+
+
+def split_host_port(endpoint: str) -> tuple[str, int]:
+    """``"127.0.0.1:4318"`` → ("127.0.0.1", 4318); ``":4318"`` → ("0.0.0.0", 4318), as the
+    Collector reads an empty host; ``"[::1]:4318"`` → ("::1", 4318). Port 0 asks the OS
+    for a free port. Raises ValueError naming the endpoint when the port is missing, not a
+    number or out of range."""
+    host, sep, port = endpoint.strip().rpartition(":")
+    if not sep:
+        raise ValueError(f"endpoint {endpoint!r}: expected host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise ValueError(f"endpoint {endpoint!r}: port {port!r} is not a number") from None
+    if not 0 <= port_no <= 65535:
+        raise ValueError(f"endpoint {endpoint!r}: port {port_no} is out of range")
+    return (host or "0.0.0.0"), port_no
+
+
+class ThrottledLog:
+    """Logs at most one line per ``interval`` seconds per key, then reports how many it
+    held back, so a client sending garbage in a loop cannot flood the sidecar's logs."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        held = self._held.pop(key, 0)
+        self._last[key] = now
+        if held:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, held)
+        self.logger.warning(msg, *args)

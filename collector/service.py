@@ -1,0 +1,155 @@
+"""The running sidecar: builds the pipeline, receivers and telemetry server from a Config,
+serves until SIGTERM/SIGINT, then shuts down in order:
+
+1. readiness goes to 503 and receivers stop accepting (requests in flight finish, so every
+   record answered with success is already in the exporter queues);
+2. the exporter queues drain within ``service.shutdown_timeout``;
+3. processor state is saved to the state store (``storage.directory``);
+4. the telemetry server stops. Exit code 0.
+
+Startup failures (port in use, unwritable path, unusable state directory) raise
+:class:`StartupError` with one line naming the cause; the CLI prints it and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from collector.config import Config, OtlpReceiverConfig
+from collector.pipeline import Pipeline
+from collector.state import StateError, StateStore
+from collector.telemetry import TelemetryServer
+
+log = logging.getLogger("lipservice.service")
+
+SNAPSHOT_INTERVAL = 60.0  # seconds between saves of processor state
+
+
+class StartupError(Exception):
+    """The sidecar cannot start; the message is one line naming the cause."""
+
+
+def build_receivers(config: Config, pipeline: Pipeline) -> list[Any]:
+    """Receiver instances for the pipeline's receivers (one per enabled OTLP protocol)."""
+    from collector.receivers.otlp_grpc import OtlpGrpcReceiver
+    from collector.receivers.otlp_http import OtlpHttpReceiver
+
+    receivers: list[Any] = []
+    for key in config.service.pipelines.logs.receivers:
+        cfg = config.receivers[key]
+        assert isinstance(cfg, OtlpReceiverConfig)
+        if cfg.protocols.grpc is not None:
+            receivers.append(OtlpGrpcReceiver(key, cfg.protocols.grpc, pipeline))
+        if cfg.protocols.http is not None:
+            receivers.append(OtlpHttpReceiver(key, cfg.protocols.http, pipeline))
+    return receivers
+
+
+def endpoints(config: Config) -> list[str]:
+    """Human-readable receiver endpoints, e.g. ``grpc 127.0.0.1:4317``."""
+    out = []
+    for key in config.service.pipelines.logs.receivers:
+        cfg = config.receivers[key]
+        assert isinstance(cfg, OtlpReceiverConfig)
+        if cfg.protocols.grpc is not None:
+            out.append(f"grpc {cfg.protocols.grpc.endpoint}")
+        if cfg.protocols.http is not None:
+            out.append(f"http {cfg.protocols.http.endpoint}")
+    return out
+
+
+def restore_processors(store: StateStore, processors: list[tuple[str, Any]]) -> None:
+    for name, proc in processors:
+        restore = getattr(proc, "restore", None)
+        state = store.get(f"processor/{name}") if restore is not None else None
+        if state is not None:
+            try:
+                restore(state)
+                log.info("restored state of processor %s", name)
+            except Exception:  # noqa: BLE001 - a bad snapshot must not stop the sidecar
+                log.exception("could not restore state of processor %s; starting fresh", name)
+
+
+def save_processors(store: StateStore, processors: list[tuple[str, Any]]) -> None:
+    for name, proc in processors:
+        snapshot = getattr(proc, "snapshot", None)
+        if snapshot is not None:
+            try:
+                store.put(f"processor/{name}", snapshot())
+            except Exception:  # noqa: BLE001
+                log.exception("could not save state of processor %s", name)
+
+
+class Service:
+    """One sidecar process's components. ``await run()`` serves until ``stop()``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pipeline = Pipeline.from_config(config)
+        self.telemetry = TelemetryServer(config.service.telemetry.metrics.address,
+                                         self.pipeline.processors)
+        self.receivers = build_receivers(config, self.pipeline)
+        self.store: StateStore | None = None
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def start(self) -> None:
+        """Start everything; raises StartupError (after undoing what had started)."""
+        try:
+            self.store = StateStore(self.config.storage.directory)
+        except StateError as err:
+            raise StartupError(str(err)) from None
+        restore_processors(self.store, self.pipeline.processors)
+        started: list[Any] = []
+        try:
+            await self.pipeline.start()
+            await self.telemetry.start()
+            started.append(self.telemetry)
+            for r in self.receivers:
+                await r.start()
+                started.append(r)
+        except (OSError, ValueError) as err:
+            for part in reversed(started):
+                await part.stop()
+            await self.pipeline.shutdown(0)
+            raise StartupError(str(err)) from None
+        self.telemetry.ready = True
+
+    async def run(self) -> int:
+        """Start, serve until stop() or a signal, shut down. Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        await self.start()
+        saver = asyncio.create_task(self._save_periodically())
+        log.info("ready: receiving OTLP on %s; telemetry on http://%s:%d/metrics",
+                 ", ".join(endpoints(self.config)), self.telemetry.host, self.telemetry.port)
+        await self._stop.wait()
+        log.info("shutting down (timeout %.1fs)", self.config.service.shutdown_timeout)
+        saver.cancel()
+        return await self.shutdown()
+
+    async def shutdown(self) -> int:
+        self.telemetry.ready = False
+        for r in self.receivers:
+            await r.stop()
+        drained = await self.pipeline.shutdown(self.config.service.shutdown_timeout)
+        if self.store is not None:
+            save_processors(self.store, self.pipeline.processors)
+            self.store.close()
+        await self.telemetry.stop()
+        log.info("stopped%s", "" if drained else " (some records were not sent in time)")
+        return 0
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL)
+            if self.store is not None:
+                save_processors(self.store, self.pipeline.processors)

@@ -1,0 +1,86 @@
+"""collector/exporters/file.py: OTLP JSON lines, as the Collector's file exporter writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from collector.config import FileExporterConfig
+from collector.exporters.file import FileExporter
+from collector.receivers import codec
+from tests.collector.wire_support import make_pipeline, make_request, wait_for
+
+
+async def test_one_request_per_line_readable_back(tmp_path):
+    path = tmp_path / "deep" / "er" / "logs.jsonl"
+    exporter = FileExporter("file", FileExporterConfig(path=str(path)))
+    await exporter.start()
+    first, second = make_request(3), make_request(2, service="billing")
+    assert await exporter.export(first) == 0
+    assert await exporter.export(second) == 0
+    await exporter.shutdown()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2
+    assert [codec.decode_json(line) for line in lines] == [first, second]
+    doc = json.loads(lines[0])
+    rec = doc["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
+    assert rec["traceId"] == "5b8efff798038103d269b633813fc60c"  # hex, as OTLP/JSON says
+    assert rec["timeUnixNano"] == "1700000000000000000"
+    assert rec["severityNumber"] == 17
+
+
+async def test_appends_to_an_existing_file(tmp_path):
+    path = tmp_path / "logs.jsonl"
+    path.write_text("previous line\n")
+    exporter = FileExporter("file", FileExporterConfig(path=str(path)))
+    await exporter.start()
+    await exporter.export(make_request(1))
+    await exporter.shutdown()
+    assert path.read_text().splitlines()[0] == "previous line"
+    assert len(path.read_text().splitlines()) == 2
+
+
+async def test_flush_interval_zero_writes_every_batch(tmp_path):
+    path = tmp_path / "logs.jsonl"
+    exporter = FileExporter("file", FileExporterConfig(path=str(path), flush_interval=0))
+    await exporter.start()
+    await exporter.export(make_request(1))
+    assert len(path.read_text().splitlines()) == 1  # before shutdown
+    await exporter.shutdown()
+
+
+async def test_lines_reach_the_file_within_the_flush_interval(tmp_path):
+    path = tmp_path / "logs.jsonl"
+    exporter = FileExporter("file", FileExporterConfig(path=str(path), flush_interval=0.05))
+    await exporter.start()
+    await exporter.export(make_request(1))
+    await wait_for(lambda: path.read_text().count("\n") == 1, timeout=5)
+    await exporter.shutdown()
+
+
+@pytest.mark.parametrize("make_bad", [
+    lambda tmp: tmp / "a-file" / "logs.jsonl",  # parent is a regular file
+    lambda tmp: tmp,  # a directory
+])
+async def test_unwritable_path_fails_at_start_naming_it(tmp_path, make_bad):
+    (tmp_path / "a-file").write_text("x")
+    bad = make_bad(tmp_path)
+    exporter = FileExporter("file/out", FileExporterConfig(path=str(bad)))
+    with pytest.raises(OSError, match=f"exporter file/out: cannot write to {bad}"):
+        await exporter.start()
+
+
+async def test_through_a_real_pipeline(tmp_path):
+    path = tmp_path / "out.jsonl"
+    exporter = FileExporter("file", FileExporterConfig(path=str(path)))
+    pipeline = make_pipeline(exporter)
+    await pipeline.start()
+    for i in range(3):
+        pipeline.consume(make_request(2, body=f"batch {i} record {{i}}"))
+    assert await pipeline.shutdown(5)
+    bodies = [rec.body.string_value
+              for line in path.read_text().splitlines()
+              for rl in codec.decode_json(line).resource_logs
+              for sl in rl.scope_logs for rec in sl.log_records]
+    assert bodies == [f"batch {b} record {r}" for b in range(3) for r in range(2)]

@@ -1,0 +1,124 @@
+"""Config loading: the Collector's shape, env expansion, --set, errors naming key paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector.config import (
+    ConfigError,
+    OtlpHttpExporterConfig,
+    expand_env,
+    load_config,
+    parse_duration,
+    parse_size,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+ISSUE_EXAMPLE = """
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: 127.0.0.1:4317}
+      http: {endpoint: 127.0.0.1:4318}
+processors:
+  signature: {}
+  sampling: {dry_run: true}
+exporters:
+  otlphttp: {endpoint: http://127.0.0.1:9999, headers: {Authorization: "Bearer ${env:POSTHOG_API_KEY}"}}
+  file: {path: ./out/logs.jsonl}
+service:
+  pipelines:
+    logs: {receivers: [otlp], processors: [signature, sampling], exporters: [file]}
+  telemetry:
+    metrics: {address: 127.0.0.1:8888}
+"""
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(ISSUE_EXAMPLE)
+    return p
+
+
+def test_issue_example_loads_with_env(example: Path) -> None:
+    cfg = load_config(example, environ={"POSTHOG_API_KEY": "phc_test"})
+    exp = cfg.exporters["otlphttp"]
+    assert isinstance(exp, OtlpHttpExporterConfig)
+    assert exp.headers["Authorization"] == "Bearer phc_test"
+    assert exp.url() == "http://127.0.0.1:9999/v1/logs"
+    assert cfg.service.pipelines.logs.processors == ["signature", "sampling"]
+    assert cfg.processors["sampling"].dry_run is True
+
+
+def test_named_instances_and_set_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(ISSUE_EXAMPLE.replace("  otlphttp:", "  otlphttp/posthog:"))
+    cfg = load_config(p, ["exporters.otlphttp/posthog.timeout=250ms",
+                          "service.pipelines.logs.exporters=[otlphttp/posthog, file]",
+                          "processors::sampling::dry_run=false"], environ={})
+    assert cfg.exporters["otlphttp/posthog"].timeout == pytest.approx(0.25)
+    assert cfg.service.pipelines.logs.exporters == ["otlphttp/posthog", "file"]
+    assert cfg.processors["sampling"].dry_run is False
+
+
+def test_env_default_and_escape() -> None:
+    tree = {"a": "${env:NOPE:-fallback}", "b": "x${env:HERE}y", "c": "$${env:HERE}",
+            "d": ["${env:MISSING}"]}
+    out = expand_env(tree, {"HERE": "1"})
+    assert out == {"a": "fallback", "b": "x1y", "c": "${env:HERE}", "d": [""]}
+
+
+@pytest.mark.parametrize(("override", "path", "expected"), [
+    ("exporters.file.pathh=x", "exporters.file.pathh", "unknown key"),
+    ("processors.sampling.dry_run=maybe", "processors.sampling.dry_run", "boolean"),
+    ("exporters.otlphttp.timeout=soon", "exporters.otlphttp.timeout", "duration"),
+    ("receivers.otlp.protocols.http.max_request_body_size=lots",
+     "receivers.otlp.protocols.http.max_request_body_size", "size"),
+    ("service.pipelines.logs.exporters=[nope]", "service.pipelines.logs.exporters.0",
+     "not defined"),
+    ("exporters.kafka={}", "exporters.kafka", "unknown exporter type"),
+    ("service.telemetry.metrics.adress=x", "service.telemetry.metrics.adress", "unknown key"),
+])
+def test_errors_name_the_full_key_path(example: Path, override: str, path: str,
+                                       expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(example, [override], environ={})
+    problems = [p for p in info.value.problems if p.startswith(path + ":")]
+    assert problems, info.value.problems
+    assert expected in problems[0]
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("receivers: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML: line"):
+        load_config(bad)
+
+
+def test_units() -> None:
+    assert parse_duration("1m") == 60 and parse_duration(2) == 2.0
+    assert parse_size("20MiB") == 20 * 1024 * 1024 and parse_size("1KB") == 1000
+    with pytest.raises(ValueError):
+        parse_duration("-1s")
+
+
+def test_default_config_is_valid_and_validate_cli(example: Path) -> None:
+    load_config(None, environ={})
+    ok = subprocess.run([sys.executable, "-m", "collector", "validate", "-c", str(example)],
+                        capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "collector", "validate", "-c", str(example),
+                          "--set", "exporters.file.flush_interval=never"],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert bad.returncode == 2
+    assert "exporters.file.flush_interval" in bad.stderr
+    assert "Traceback" not in bad.stderr
