@@ -14,7 +14,10 @@ Per record, in this order (DESIGN.md §Sampling semantics; the policy in process
 Severity: ``severity_number``; when unspecified (0), ``severity_text`` (TRACE, DEBUG, INFO,
 NOTICE, WARN/WARNING, ERROR/ERR/SEVERE, CRITICAL/FATAL/ALERT/EMERG, and Android letters
 V/D/I/W/E/F, any case); else a ``level``/``severity``/``levelname``/``log.level``/``lvl``
-field of a JSON body (string names as above, or pino/bunyan numbers 10-60); else INFO.
+field of a JSON body (string names as above, syslog numbers 0-7, or pino/bunyan numbers
+10-60); else INFO. The body is only read when it may be JSON: when the signature processor's
+template for the record starts with a literal other than ``{`` (not a ``<*>`` mask), it is
+not.
 
 Randomness: when the record has a valid trace id (16 bytes, not all zero), its 56 least
 significant bits ``R`` decide, as in OpenTelemetry's consistent probability sampling: kept
@@ -117,7 +120,6 @@ REASONS = ("exempt", "first_n", "sampled", "anomaly")
 
 _TWO56 = float(1 << 56)
 _ZERO_TRACE = bytes(16)
-_EXEMPT_BY_RULE = 100  # decision-only severity for records an always_keep rule exempts
 
 
 class Config(StrictModel):
@@ -164,8 +166,14 @@ _JSON_LEVEL = re.compile(
 _LEVEL_KEYS = frozenset(("level", "severity", "levelname", "log.level", "lvl", "loglevel"))
 
 
+_SYSLOG_LEVEL = (23, 22, 21, 17, 13, 10, 9, 5)  # syslog 0 emerg ... 7 debug
+
+
 def _numeric_level(n: int) -> int:
-    """pino/bunyan numeric levels (10 trace ... 60 fatal) to severity_number."""
+    """A numeric level to severity_number: syslog 0-7 (0 emerg ... 7 debug), or pino/bunyan
+    10-60 (10 trace ... 60 fatal)."""
+    if n < 8:
+        return _SYSLOG_LEVEL[n]
     if n >= 60:
         return 21
     if n >= 50:
@@ -177,15 +185,22 @@ def _numeric_level(n: int) -> int:
     return 5 if n >= 20 else 1
 
 
-def record_severity(record: LogRecord) -> int:
+def record_severity(record: LogRecord, template: str = "") -> int:
     """severity_number of a record (1..24; values above 24 read as 24), resolved as the
-    module docstring says; 9 = INFO when nothing says otherwise."""
+    module docstring says; 9 = INFO when nothing says otherwise.
+
+    template: the record's template from the signature processor, if any. A template whose
+    first character is a literal other than ``{`` or ``<`` (a mask) shows that the body does
+    not start with ``{``, so the body is not read (it is the costly part).
+    """
     sn = record.severity_number
     if sn > 0:
         return sn if sn < 25 else 24
     text = record.severity_text
     if text:
         return _TEXT_SEVERITY.get(text.strip().upper(), 9)
+    if template and template[0] not in "{<":
+        return 9
     body = record.body
     s = body.string_value
     if s:
@@ -435,8 +450,8 @@ class SamplingProcessor:
         records = batch.records
         keys = batch.pattern_ids
         if "" in keys:
-            keys = [k or _fallback_key(record_severity(r))
-                    for k, r in zip(keys, records, strict=True)]
+            keys = [k or _fallback_key(record_severity(r, t))
+                    for k, r, t in zip(keys, records, batch.templates, strict=True)]
         services = batch.services
         first = services[0]
         if services.count(first) == n:
@@ -519,13 +534,14 @@ class SamplingProcessor:
         w_append = kept_w.append
         odd = st.odd_sev
         odd_get = odd.get
-        rows = (zip(records, keys, forced, strict=True) if forced is not None
-                else zip(records, keys, repeat(False)))
+        templates = batch.templates if idx is None else [batch.templates[i] for i in idx]
+        rows = (zip(records, keys, templates, forced, strict=True) if forced is not None
+                else zip(records, keys, templates, repeat(False)))
 
-        for rec, key, force in rows:
+        for rec, key, tmpl, force in rows:
             sn = rec.severity_number
             if not 0 < sn < 25:
-                sn = record_severity(rec)
+                sn = record_severity(rec, tmpl)
             v = seen_get(key, sn) + 32  # count << 5 | severity of the window's first record
             seen[key] = v
             c = v >> 5
