@@ -72,17 +72,20 @@ records carry no adjusted count. They are added to the batch that closes the win
 
 Metrics (collect_metrics; counters get ``_total``):
 ``lipservice_sampling_kept_log_records{reason}`` (exempt, first_n, sampled, anomaly),
-``lipservice_sampling_dropped_log_records``, ``lipservice_sampling_kept_bytes`` (serialized
-size of kept records before annotation), ``lipservice_sampling_dropped_bytes`` (estimated:
-dropped records x mean size of the same pattern's kept records, per closed window),
+``lipservice_sampling_dropped_log_records``, ``lipservice_sampling_kept_bytes`` and
+``lipservice_sampling_dropped_bytes`` (estimated when each window closes: records x the
+pattern's mean serialized size, measured on its first records in the window),
 ``lipservice_sampling_pattern_log_records{service,pattern_id,decision}`` (top
 ``metrics_top_k`` patterns per service by volume), ``lipservice_sampling_policy_version{service}``
 (``_default`` for the default policy), ``lipservice_sampling_summary_log_records``,
-``lipservice_sampling_patterns`` (tracked), plus the anomaly metrics.
+``lipservice_sampling_patterns`` (tracked), plus the anomaly metrics (processors/anomaly.py).
+
+User documentation: docs/sampling.md.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import re
@@ -291,6 +294,13 @@ class _Compiled:
         self.resource_rules = [r for r in rules if r.kind == "resource"]
         self.record_rules = [r for r in rules if r.kind == "record"]
         self.body_rules = [r for r in rules if r.kind == "body"]
+
+    def rate(self, pattern_id: str, family: str, severity_number: int) -> float:
+        """The policy's p before any boost (pattern, family, severity, global)."""
+        rate = self.pattern_rates.get(pattern_id)
+        if rate is None and family:
+            rate = self.family_rates.get(family)
+        return self.sev_table[min(max(severity_number, 0), 24)] if rate is None else rate
 
     @property
     def has_rules(self) -> bool:
@@ -853,19 +863,26 @@ class SamplingProcessor:
         for name, st in list(self._services.items()):
             if service is not None and name != service:
                 continue
-            pol = per_service.get(name, default).policy
+            comp = per_service.get(name, default)
             seen = _counts(st.seen)
             win_kept = dict(st.win_kept)
             size_sum, size_cnt = dict(st.size_sum), dict(st.size_cnt)
             win_mix = _severity_mixes(st.seen, st.odd_sev)
             patterns = dict(st.patterns)
+            totals = {k: ps.count for k, ps in patterns.items()}
+            for k, c in seen.items():
+                totals[k] = totals.get(k, 0) + c
+            if top_k is None:
+                chosen = sorted(totals, key=totals.__getitem__, reverse=True)
+            else:
+                chosen = heapq.nlargest(top_k, totals, key=totals.__getitem__)
             rows = []
-            for key in set(patterns) | set(seen):
+            for key in chosen:
                 ps = patterns.get(key)
                 wc, wk = seen.get(key, 0), win_kept.get(key, 0)
                 cnt = size_cnt.get(key, 0)
                 mean = size_sum.get(key, 0) / cnt if cnt else 0.0
-                count = (ps.count if ps else 0) + wc
+                count = totals[key]
                 kept = (ps.kept if ps else 0) + wk
                 sev = dict(ps.severity) if ps else {}
                 for nm, c in win_mix.get(key, {}).items():
@@ -881,12 +898,11 @@ class SamplingProcessor:
                     "severity": sev,
                     "first_seen": ps.first_seen if ps else st.window_start,
                     "last_seen": ps.last_seen if ps else now,
-                    "rate": pol.rate_for(key, family, _SEVERITY_NUMBER[top_sev]),
+                    "rate": comp.rate(key, family, _SEVERITY_NUMBER[top_sev]),
                     "anomaly": self._detector.pattern_flags(name, key, now),
                     "window": {"start": st.window_start, "count": wc, "kept": wk},
                 })
-            rows.sort(key=lambda r: r["count"], reverse=True)
-            out.extend(rows if top_k is None else rows[:top_k])
+            out.extend(rows)
         return out
 
     def anomaly_flags(self) -> list[dict[str, Any]]:
