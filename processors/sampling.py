@@ -196,7 +196,11 @@ def record_severity(record: LogRecord, template: str = "") -> int:
     first character is a literal other than ``{`` or ``<`` (a mask) shows that the body does
     not start with ``{``, so the body is not read (it is the costly part).
     """
-    sn = record.severity_number
+    return _resolve_severity(record, record.severity_number, template)
+
+
+def _resolve_severity(record: LogRecord, sn: int, template: str) -> int:
+    """record_severity, given the record's severity_number already read (hot path)."""
     if sn > 0:
         return sn if sn < 25 else 24
     text = record.severity_text
@@ -551,7 +555,7 @@ class SamplingProcessor:
         for rec, key, tmpl, force in rows:
             sn = rec.severity_number
             if not 0 < sn < 25:
-                sn = record_severity(rec, tmpl)
+                sn = _resolve_severity(rec, sn, tmpl)
             v = seen_get(key, sn) + 32  # count << 5 | severity of the window's first record
             seen[key] = v
             c = v >> 5
