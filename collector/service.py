@@ -19,6 +19,7 @@ import logging
 import signal
 from typing import Any
 
+from collector.admin import pattern_routes
 from collector.config import Config, OtlpReceiverConfig
 from collector.pipeline import Pipeline
 from collector.state import StateError, StateStore
@@ -92,6 +93,7 @@ class Service:
         self.pipeline = Pipeline.from_config(config)
         self.telemetry = TelemetryServer(config.service.telemetry.metrics.address,
                                          self.pipeline.processors)
+        self.telemetry.add_routes(pattern_routes(self.pipeline.processors))
         self.receivers = build_receivers(config, self.pipeline)
         self.store: StateStore | None = None
         self._stop = asyncio.Event()

@@ -11,6 +11,7 @@ from typing import Any
 
 PROCESSORS: dict[str, str] = {
     "signature": "processors.signature:SignatureProcessor",
+    "clustering": "processors.clustering:ClusteringProcessor",
     "sampling": "processors.sampling:SamplingProcessor",
 }
 

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Protocol
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from pydantic import BaseModel
 
@@ -150,6 +150,28 @@ class LogBatch:
         self.pattern_ids = [self.pattern_ids[k] for k in idx]
         self.templates = [self.templates[k] for k in idx]
         self.families = [self.families[k] for k in idx]
+
+    def append_resource_logs(self, resource_logs: ResourceLogs, pattern_ids: list[str],
+                             templates: list[str]) -> None:
+        """Add records a processor creates (for example the sampling processor's per-window
+        summary records) at the end of the request, keeping the side lists aligned.
+
+        resource_logs: copied into the request; pattern_ids/templates: one per record of
+        ``resource_logs`` in order. Raises ValueError on a length mismatch.
+        """
+        added = self.request.resource_logs.add()
+        added.CopyFrom(resource_logs)
+        svc = service_name(added.resource)
+        recs = [r for sl in added.scope_logs for r in sl.log_records]
+        if len(pattern_ids) != len(recs) or len(templates) != len(recs):
+            del self.request.resource_logs[-1]
+            raise ValueError("pattern_ids/templates must have one entry per added record")
+        self._scope_counts.extend(len(sl.log_records) for sl in added.scope_logs)
+        self.records.extend(recs)
+        self.services.extend([svc] * len(recs))
+        self.pattern_ids.extend(pattern_ids)
+        self.templates.extend(templates)
+        self.families.extend([""] * len(recs))
 
 
 class Processor(Protocol):
