@@ -15,9 +15,8 @@ Severity: ``severity_number``; when unspecified (0), ``severity_text`` (TRACE, D
 NOTICE, WARN/WARNING, ERROR/ERR/SEVERE, CRITICAL/FATAL/ALERT/EMERG, and Android letters
 V/D/I/W/E/F, any case); else a ``level``/``severity``/``levelname``/``log.level``/``lvl``
 field of a JSON body (string names as above, syslog numbers 0-7, or pino/bunyan numbers
-10-60); else INFO. The body is only read when it may be JSON: when the signature processor's
-template for the record starts with a literal other than ``{`` (not a ``<*>`` mask), it is
-not.
+10-60); else INFO. The body is read only for records with neither severity_number nor
+severity_text.
 
 Randomness: when the record has a valid trace id (16 bytes, not all zero), its 56 least
 significant bits ``R`` decide, as in OpenTelemetry's consistent probability sampling: kept
@@ -188,26 +187,24 @@ def _numeric_level(n: int) -> int:
     return 5 if n >= 20 else 1
 
 
-def record_severity(record: LogRecord, template: str = "") -> int:
+def record_severity(record: LogRecord) -> int:
     """severity_number of a record (1..24; values above 24 read as 24), resolved as the
     module docstring says; 9 = INFO when nothing says otherwise.
 
-    template: the record's template from the signature processor, if any. A template whose
-    first character is a literal other than ``{`` or ``<`` (a mask) shows that the body does
-    not start with ``{``, so the body is not read (it is the costly part).
+    The body is read only when the record has neither severity_number nor severity_text.
+    (The template cannot stand in for the body here: the signature processor mines the
+    message *inside* a JSON body, so a JSON body's template need not start with ``{``.)
     """
-    return _resolve_severity(record, record.severity_number, template)
+    return _resolve_severity(record, record.severity_number)
 
 
-def _resolve_severity(record: LogRecord, sn: int, template: str) -> int:
+def _resolve_severity(record: LogRecord, sn: int) -> int:
     """record_severity, given the record's severity_number already read (hot path)."""
     if sn > 0:
         return sn if sn < 25 else 24
     text = record.severity_text
     if text:
         return _TEXT_SEVERITY.get(text.strip().upper(), 9)
-    if template and template[0] not in "{<":
-        return 9
     body = record.body
     s = body.string_value
     if s:
@@ -464,8 +461,8 @@ class SamplingProcessor:
         records = batch.records
         keys = batch.pattern_ids
         if "" in keys:
-            keys = [k or _fallback_key(record_severity(r, t))
-                    for k, r, t in zip(keys, records, batch.templates, strict=True)]
+            keys = [k or _fallback_key(record_severity(r))
+                    for k, r in zip(keys, records, strict=True)]
         services = batch.services
         first = services[0]
         if services.count(first) == n:
@@ -548,14 +545,13 @@ class SamplingProcessor:
         w_append = kept_w.append
         odd = st.odd_sev
         odd_get = odd.get
-        templates = batch.templates if idx is None else [batch.templates[i] for i in idx]
-        rows = (zip(records, keys, templates, forced, strict=True) if forced is not None
-                else zip(records, keys, templates, repeat(False)))
+        rows = (zip(records, keys, forced, strict=True) if forced is not None
+                else zip(records, keys, repeat(False)))
 
-        for rec, key, tmpl, force in rows:
+        for rec, key, force in rows:
             sn = rec.severity_number
             if not 0 < sn < 25:
-                sn = _resolve_severity(rec, sn, tmpl)
+                sn = _resolve_severity(rec, sn)
             v = seen_get(key, sn) + 32  # count << 5 | severity of the window's first record
             seen[key] = v
             c = v >> 5

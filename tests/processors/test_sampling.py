@@ -385,13 +385,10 @@ def test_severity_from_text_then_json_body_then_info():
     ]
     for rec, want in cases:
         assert true_severity(rec) == want, rec
-    # The template tells when the body cannot be JSON (then it is not read).
     json_err = make_batch([Rec(sev=0, body='{"level":"error","id":7}')]).records[0]
-    assert record_severity(json_err, '{"level":<*>,"id":<*>}') == 17
-    assert record_severity(json_err, "<*>") == 17
-    assert record_severity(json_err, "") == 17
+    assert record_severity(json_err) == 17
     plain = make_batch([Rec(sev=0, body="disk full on /dev/sda1")]).records[0]
-    assert record_severity(plain, "disk full on <*>") == 9
+    assert record_severity(plain) == 9
     # A kvlist body with a level key.
     batch = make_batch([Rec(sev=0)])
     r = batch.records[0]
@@ -651,3 +648,26 @@ def test_a_flood_of_unique_patterns_keeps_window_state_bounded_and_keeps_more_no
     assert len(batch) == 500  # every pattern's first record kept
     st_ = proc._services["svc"]
     assert len(st_.seen) <= 50 and len(st_.patterns) <= 50
+
+
+def test_json_body_errors_are_kept_behind_the_real_signature_processor():
+    """Regression: the signature processor mines the message *inside* a JSON body, so the
+    template does not start with '{'; severity must still come from the body's level."""
+    from processors.policy import Policy
+    from processors.signature import Config as SigConfig
+    from processors.signature import SignatureProcessor
+
+    bodies = [
+        '{"level":"error","msg":"db down 42"}',
+        '  {"severity": "FATAL", "message": "disk gone"}',
+        '{"level":50,"msg":"pino error"}',
+    ]
+    sig = SignatureProcessor(SigConfig())
+    samp = SamplingProcessor(Config(anomaly=NO_ANOMALY), rng=random.Random(3))
+    samp.set_policy(Policy(global_rate=0.0, keep_first_n=0))
+    rows = [Rec(sev=0, body=b, pid="") for b in bodies for _ in range(50)]
+    batch = make_batch(rows)
+    sig.process(batch)
+    assert all(t and t[0] != "{" for t in batch.templates)  # the trap this test is about
+    samp.process(batch)
+    assert len(batch) == len(rows)
