@@ -3,7 +3,9 @@ in-process (no network receiver), in input order, and report what would be kept.
 
 Input, per line:
 - OTLP JSON (a line that is a JSON object with ``resourceLogs``, as the ``file`` exporter
-  and the Collector's file exporter write): one ExportLogsServiceRequest;
+  and the Collector's file exporter write): one ExportLogsServiceRequest; the attributes
+  this product writes (``log.pattern.id``, ``sampling.adjusted_count`` …) are removed
+  first, so replaying the file exporter's output does not duplicate them;
 - anything else: one plain-text record; body = the line, ``service.name`` = ``--service``
   or the file's stem, severity from the first standard level word in the line
   (``INFO``, ``WARN``, ``ERROR``, ``[error]``, ``level=debug`` …), else unspecified.
@@ -29,7 +31,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from collector.config import Config
 from collector.pipeline import Pipeline
-from processors.base import LogBatch, count_records
+from processors.base import LogBatch, count_records, strip_own_attrs
 
 BATCH_SIZE = 1000
 
@@ -87,9 +89,11 @@ def read_requests(path: str, service: str | None,
                     yield _text_request(pending, svc), pending_bytes
                     pending, pending_bytes = [], 0
                 try:
-                    yield decode_json(raw), len(raw)
+                    request = decode_json(raw)
                 except Exception as err:  # noqa: BLE001 - report the line, not a traceback
                     raise ValueError(f"{path}:{lineno}: not valid OTLP JSON: {err}") from None
+                strip_own_attrs(request)  # re-mined and re-sampled below, not duplicated
+                yield request, len(raw)
                 continue
             if not text:
                 continue

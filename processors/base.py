@@ -42,6 +42,26 @@ ATTR_TEMPLATE = "log.record.template"
 ATTR_FAMILY = "log.pattern.family"
 ATTR_ADJUSTED_COUNT = "sampling.adjusted_count"
 ATTR_DECISION = "lipservice.sampling.decision"
+OWN_ATTRS = frozenset({ATTR_PATTERN_ID, ATTR_TEMPLATE, ATTR_FAMILY, ATTR_ADJUSTED_COUNT,
+                       ATTR_DECISION})
+"""Every attribute this product writes on records."""
+
+
+def strip_own_attrs(request: ExportLogsServiceRequest) -> int:
+    """Remove the attributes this product wrote (``OWN_ATTRS``) from every record, so a
+    request that already went through a pipeline (``lipservice replay`` of the file
+    exporter's output) can run through one again without duplicate keys. Returns the
+    number of attributes removed."""
+    removed = 0
+    for rl in request.resource_logs:
+        for sl in rl.scope_logs:
+            for rec in sl.log_records:
+                attrs = rec.attributes
+                for i in range(len(attrs) - 1, -1, -1):
+                    if attrs[i].key in OWN_ATTRS:
+                        del attrs[i]
+                        removed += 1
+    return removed
 
 
 def service_name(resource: Resource) -> str:

@@ -97,6 +97,9 @@ def test_stdin_and_otlp_json_lines(tmp_path: Path) -> None:
     assert proc2.returncode == 0, proc2.stderr
     recs = exported_records(out2)
     assert [r["body"]["stringValue"] for r in recs] == text.splitlines()
+    for r in recs:  # re-annotated once, not duplicated
+        keys = [kv["key"] for kv in r["attributes"]]
+        assert len(keys) == len(set(keys)) and "log.pattern.id" in keys
     assert all(r["severityNumber"] == 9 for r in recs)
 
 
