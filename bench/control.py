@@ -99,7 +99,7 @@ def main() -> None:
                                                    seed=1))
         feed(sampler, traffic(n))
         rows, t_stats = timed(sampler.pattern_stats, SVC)
-        snap, t_snap = timed(lambda: RateTracker().build(SVC, rows, [], T0 + 60))
+        snap, t_snap = timed(lambda r=rows: RateTracker().build(SVC, r, [], T0 + 60))
         current = sampler.policy(SVC)
         doc, t_heur = timed(heuristic_policy, snap, current, cfg.heuristic)
         verdict, t_guard = timed(guardrails.check, doc, current, snap, cfg.guardrails,

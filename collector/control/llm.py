@@ -158,27 +158,15 @@ family_rates (arrays may be empty).
 """
 
 
+CHARS_PER_TOKEN = 3.0
+"""Prompt size estimate. English prose runs about 4 characters per token with OpenAI's
+tokenizers, JSON full of numbers and ids nearer 3: the budget is an upper bound, so the
+estimate errs high. (tiktoken is not used: it may fetch its tables over the network.)"""
+
+
 def estimate_tokens(text: str) -> int:
-    """Tokens in ``text``: tiktoken's count when it is installed, else 1 per 4 characters
-    (rounded up), the usual estimate for English and JSON."""
-    enc = _encoder()
-    if enc is not None:
-        return len(enc.encode(text))
-    return math.ceil(len(text) / 4)
-
-
-_ENC: list[Any] = []
-
-
-def _encoder() -> Any:
-    if not _ENC:
-        try:
-            import tiktoken  # optional; not a dependency
-
-            _ENC.append(tiktoken.get_encoding("o200k_base"))
-        except Exception:  # noqa: BLE001 - not installed, or no encoding data offline
-            _ENC.append(None)
-    return _ENC[0]
+    """Estimated tokens in ``text`` (``CHARS_PER_TOKEN``), rounded up."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 @dataclass

@@ -106,6 +106,8 @@ async def test_bad_requests_are_400(api):
     status, body = await api.call("POST", f"/api/v1/policies/{SVC}", headers=AUTH,
                                   json=[0.1])
     assert status == 400 and "object" in body["error"]["message"]
+    status, body = await api.call("POST", "/api/v1/policies/_default/refresh", headers=AUTH)
+    assert status == 400 and "service_name" in body["error"]["message"]
     assert api.sampler.policy(SVC).version == 1
 
 
