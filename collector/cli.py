@@ -96,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         pass
 
     async def main() -> int:
-        service = Service(config)
+        service = Service(config, reload=lambda: load(args))
         try:
             return await service.run()
         except StartupError as err:
@@ -109,8 +109,10 @@ def _run(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     config = load(args)
     logs = config.service.pipelines.logs
+    ext = config.service.extensions
     print(f"{config.source}: ok (receivers: {', '.join(logs.receivers)}; processors: "
-          f"{', '.join(logs.processors) or 'none'}; exporters: {', '.join(logs.exporters)})")
+          f"{', '.join(logs.processors) or 'none'}; exporters: {', '.join(logs.exporters)}"
+          f"{'; extensions: ' + ', '.join(ext) if ext else ''})")
     return 0
 
 

@@ -5,7 +5,9 @@ Shape (DESIGN.md §Config)::
     receivers:  {otlp: {protocols: {grpc: {endpoint}, http: {endpoint}}}}
     processors: {signature: {...}, sampling: {...}}          # keys are type[/name]
     exporters:  {otlphttp/posthog: {endpoint, headers, ...}, file: {path}, debug: {}}
+    extensions: {control: {interval, llm: {...}, ...}}       # enabled by service.extensions
     service:
+      extensions: [control]
       pipelines: {logs: {receivers: [...], processors: [...], exporters: [...]}}
       telemetry: {metrics: {address}, logs: {level, encoding}}
     storage:    {directory: ./data}
@@ -271,6 +273,7 @@ class TelemetryConfig(StrictModel):
 
 
 class ServiceConfig(StrictModel):
+    extensions: list[str] = Field(default_factory=list)
     pipelines: PipelinesConfig
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     shutdown_timeout: Duration = Field(10.0, description="seconds to flush on SIGTERM")
@@ -290,6 +293,7 @@ class _RawConfig(StrictModel):
     receivers: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     processors: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     exporters: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    extensions: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     service: ServiceConfig
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
@@ -304,6 +308,7 @@ class Config(BaseModel):
     exporters: dict[str, StrictModel]
     service: ServiceConfig
     storage: StorageConfig
+    extensions: dict[str, StrictModel] = Field(default_factory=dict)
     source: str = ""
 
 
@@ -316,6 +321,14 @@ def processor_types() -> dict[str, type[StrictModel]]:
     from processors import PROCESSORS, load_processor_class
 
     return {name: load_processor_class(name).Config for name in PROCESSORS}
+
+
+EXTENSIONS: dict[str, str] = {"control": "collector.control.config:ControlConfig"}
+"""Extension type name → its config model (``module:Class``, imported when named)."""
+
+
+def extension_types() -> dict[str, type[StrictModel]]:
+    return {name: import_object(spec) for name, spec in EXTENSIONS.items()}
 
 
 # --------------------------------------------------------------------------- loading
@@ -410,6 +423,7 @@ def load_config_tree(tree: Any, source: str = "") -> Config:
         "receivers": RECEIVER_TYPES,
         "processors": processor_types(),
         "exporters": EXPORTER_TYPES,
+        "extensions": extension_types(),
     }
     typed: dict[str, dict[str, StrictModel]] = {}
     for section, types in kinds.items():
@@ -433,6 +447,12 @@ def load_config_tree(tree: Any, source: str = "") -> Config:
             if name not in getattr(raw, section):
                 problems.append(f"service.pipelines.logs.{section}.{i}: {name!r} is not "
                                 f"defined under top-level `{section}:`")
+    for i, name in enumerate(raw.service.extensions):
+        if name not in raw.extensions:
+            problems.append(f"service.extensions.{i}: {name!r} is not defined under "
+                            "top-level `extensions:`")
+        elif (check := getattr(typed["extensions"].get(name), "pipeline_problems", None)):
+            problems.extend(check(f"extensions.{name}", typed["processors"], logs.processors))
     if not logs.receivers:
         problems.append("service.pipelines.logs.receivers: at least one receiver is needed")
     if not logs.exporters:
@@ -448,6 +468,7 @@ def load_config_tree(tree: Any, source: str = "") -> Config:
         exporters=typed["exporters"],
         service=raw.service,
         storage=raw.storage,
+        extensions=typed["extensions"],
         source=source,
     )
 

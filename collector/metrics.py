@@ -71,3 +71,44 @@ EXPORTER_QUEUE_SIZE = Gauge(
 EXPORTER_QUEUE_CAPACITY = Gauge(
     "otelcol_exporter_queue_capacity", "Capacity of the sending queue, in log records.",
     ["exporter"], registry=REGISTRY)
+
+# Control loop (collector/control/). "Failures" are the calls whose outcome is not "ok".
+LLM_CALLS = Counter(
+    "lipservice_llm_calls",
+    "LLM calls by outcome: ok, invalid_json, invalid_schema, refused, truncated, timeout, "
+    "rate_limited, server_error, client_error, connection_error, error.",
+    ["outcome"], registry=REGISTRY)
+LLM_SKIPPED = Counter(
+    "lipservice_llm_skipped_runs",
+    "Loop runs that did not call the LLM, by reason (no_api_key, disabled, budget, "
+    "prompt_too_large); the heuristic ran instead.",
+    ["reason"], registry=REGISTRY)
+LLM_DURATION = Histogram(
+    "lipservice_llm_request_duration_seconds",
+    "Time of one LLM call, retries included, whatever its outcome.",
+    buckets=(0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0), registry=REGISTRY)
+LLM_TOKENS = Counter(
+    "lipservice_llm_tokens",
+    "Tokens used by LLM calls as the server reports them, by type (prompt, completion).",
+    ["type"], registry=REGISTRY)
+POLICY_VERSION = Gauge(
+    "lipservice_policy_version",
+    "Version of the policy in force, per service (_default = the default policy).",
+    ["service"], registry=REGISTRY)
+POLICY_APPLIED = Counter(
+    "lipservice_policy_applied",
+    "Policies applied, by source (yaml, heuristic, llm, operator).",
+    ["source"], registry=REGISTRY)
+POLICY_REJECTED = Counter(
+    "lipservice_policy_rejected",
+    "Policies rejected (the policy in force stayed), by source and reason.",
+    ["source", "reason"], registry=REGISTRY)
+POLICY_ADJUSTED = Counter(
+    "lipservice_policy_guardrail_adjustments",
+    "Rates a guardrail changed in policies that were then applied, by guardrail.",
+    ["guardrail"], registry=REGISTRY)
+CONTROL_RUNS = Counter(
+    "lipservice_control_runs",
+    "Control loop runs per service, by trigger (interval, anomaly, api) and outcome "
+    "(applied, unchanged, rejected, llm_failed, held, no_data, error).",
+    ["trigger", "outcome"], registry=REGISTRY)

@@ -1,11 +1,15 @@
 """The running sidecar: builds the pipeline, receivers and telemetry server from a Config,
 serves until SIGTERM/SIGINT, then shuts down in order:
 
-1. readiness goes to 503 and receivers stop accepting (requests in flight finish, so every
+1. readiness goes to 503, receivers stop accepting (requests in flight finish, so every
    record answered with success is already in the exporter queues);
 2. the exporter queues drain within ``service.shutdown_timeout``;
-3. processor state is saved to the state store (``storage.directory``);
+3. the control loop stops; processor state is saved to the state store
+   (``storage.directory``);
 4. the telemetry server stops. Exit code 0.
+
+SIGHUP re-reads the config file and applies changed sampling policies (the ``control``
+extension; collector/control/extension.py).
 
 Startup failures (port in use, unwritable path, unusable state directory) raise
 :class:`StartupError` with one line naming the cause; the CLI prints it and exits non-zero.
@@ -17,10 +21,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from collector.admin import pattern_routes
-from collector.config import Config, OtlpReceiverConfig
+from collector.config import Config, OtlpReceiverConfig, load_config
+from collector.control.extension import build_control
 from collector.pipeline import Pipeline
 from collector.state import StateError, StateStore
 from collector.telemetry import TelemetryServer
@@ -86,15 +92,25 @@ def save_processors(store: StateStore, processors: list[tuple[str, Any]]) -> Non
 
 
 class Service:
-    """One sidecar process's components. ``await run()`` serves until ``stop()``."""
+    """One sidecar process's components. ``await run()`` serves until ``stop()``.
 
-    def __init__(self, config: Config) -> None:
+    reload: returns the config re-read from its source (for SIGHUP / file watch); None =
+    re-read ``config.source`` as is.
+    """
+
+    def __init__(self, config: Config, reload: Callable[[], Config] | None = None) -> None:
         self.config = config
         self.pipeline = Pipeline.from_config(config)
         self.telemetry = TelemetryServer(config.service.telemetry.metrics.address,
                                          self.pipeline.processors)
         self.telemetry.add_routes(pattern_routes(self.pipeline.processors))
         self.receivers = build_receivers(config, self.pipeline)
+        if reload is None and config.source:
+            reload = lambda: load_config(config.source)  # noqa: E731
+        self.control = build_control(config, self.pipeline.processors, self.telemetry.host,
+                                     reload)
+        if self.control is not None:
+            self.telemetry.add_routes(self.control.routes())
         self.store: StateStore | None = None
         self._stop = asyncio.Event()
 
@@ -110,6 +126,9 @@ class Service:
         restore_processors(self.store, self.pipeline.processors)
         started: list[Any] = []
         try:
+            if self.control is not None:
+                await self.control.start(self.store)
+                started.append(self.control)
             await self.pipeline.start()
             await self.telemetry.start()
             started.append(self.telemetry)
@@ -129,6 +148,9 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
+        if self.control is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+                loop.add_signal_handler(signal.SIGHUP, self.control.request_reload)
         await self.start()
         saver = asyncio.create_task(self._save_periodically())
         log.info("ready: receiving OTLP on %s; telemetry on http://%s:%d/metrics",
@@ -143,6 +165,8 @@ class Service:
         for r in self.receivers:
             await r.stop()
         drained = await self.pipeline.shutdown(self.config.service.shutdown_timeout)
+        if self.control is not None:
+            await self.control.stop()
         if self.store is not None:
             save_processors(self.store, self.pipeline.processors)
             self.store.close()
