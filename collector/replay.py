@@ -157,7 +157,8 @@ async def replay(config: Config, files: list[str], rate: float | None = None,
     Returns the exit code."""
     virtual = [time.time()]
     clock = (lambda: virtual[0]) if rate else time.time
-    pipeline = Pipeline.from_config(config, clock=clock)
+    # No persistent queue: what replay exports must not be left for a later sidecar run.
+    pipeline = Pipeline.from_config(config, clock=clock, persistent=False)
     await pipeline.start()
     report = Report()
     batch_size = BATCH_SIZE if not rate else max(1, min(BATCH_SIZE, int(rate / 10) or 1))
