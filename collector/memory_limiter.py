@@ -95,13 +95,32 @@ def read_rss() -> int | None:
         return None
 
 
+def _cgroup_limit_files() -> list[Path]:
+    """memory.max (cgroup v2) / memory.limit_in_bytes (v1) of this process's cgroup, then
+    of the cgroup root as mounted (inside a container, that root is the container's)."""
+    files = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "" and path.startswith("/"):
+            files.append(Path(f"/sys/fs/cgroup{path.rstrip('/')}/memory.max"))
+        elif "memory" in controllers.split(",") and path.startswith("/"):
+            files.append(Path(f"/sys/fs/cgroup/memory{path.rstrip('/')}/memory.limit_in_bytes"))
+    files += [Path("/sys/fs/cgroup/memory.max"),
+              Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")]
+    return files
+
+
 def available_memory() -> int | None:
-    """Bytes this process may use: the cgroup limit (v2 ``memory.max`` or v1
-    ``memory.limit_in_bytes``) when lower than physical RAM, else RAM; None if unknown."""
+    """Bytes this process may use: the cgroup memory limit when lower than physical RAM,
+    else RAM; None if unknown."""
     sizes: list[int] = []
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for path in _cgroup_limit_files():
         try:
-            text = Path(path).read_text().strip()
+            text = path.read_text().strip()
         except OSError:
             continue
         if text.isdigit():

@@ -348,3 +348,39 @@ async def test_refusal_details_are_retryable_for_sdk_clients() -> None:
         await grpc_rx.stop(0)
         await pipe.shutdown(10)
         await sink.stop()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_batched_requests_arrive_as_one_request_in_order(transport) -> None:
+    sink = await sink_for(transport)
+    q = ExportQueue(exporter(transport, target(transport, sink)), SendingQueueConfig(
+        num_consumers=1, batch=BatchConfig(min_size=10, max_size=100, flush_timeout=60)),
+        RETRY)
+    await q.start()
+    for i in range(4):
+        q.put(uid_request(i * 3, 3), 3)  # 12 records >= min_size: one batch
+    try:
+        await wait_for(lambda: len(sink.requests) == 1)
+        assert await q.drain(10)
+    finally:
+        await sink.stop()
+    assert len(sink.requests) == 1
+    assert uids(sink.requests) == list(range(12))
+    assert len(sink.requests[0].resource_logs) == 4  # each part keeps its resource
+
+
+async def test_413_on_a_batch_splits_it_and_delivers_both_halves() -> None:
+    sink = await HttpSink().start()
+    sink.answers.append(HttpAnswer(status=413, body=b"too big"))
+    q = ExportQueue(exporter("http", sink.url), SendingQueueConfig(
+        num_consumers=1, batch=BatchConfig(min_size=6, max_size=100, flush_timeout=60)),
+        RETRY)
+    await q.start()
+    q.put(uid_request(0, 3), 3)
+    q.put(uid_request(3, 3), 3)
+    try:
+        assert await q.drain(10)
+    finally:
+        await sink.stop()
+    assert len(sink.arrivals) == 3
+    assert [uids([r]) for r in sink.requests] == [[0, 1, 2], [3, 4, 5]]
