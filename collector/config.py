@@ -210,8 +210,12 @@ class SendingQueueConfig(StrictModel):
 
     @model_validator(mode="after")
     def _storage_name(self) -> SendingQueueConfig:
-        if isinstance(self.storage, str) and not self.storage.strip():
-            raise ValueError("storage: expected true, false, a file name or a path")
+        if isinstance(self.storage, str):
+            word = self.storage.strip().lower()
+            if word in ("true", "false"):  # e.g. from ${env:QUEUE_STORAGE:-true}
+                self.storage = word == "true"
+            elif not word:
+                raise ValueError("storage: expected true, false, a file name or a path")
         return self
 
 

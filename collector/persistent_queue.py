@@ -32,7 +32,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-PAGE_SIZE = 65536  # fewer overflow pages per blob: measured ~2x faster inserts than 4 KiB
+# Measured here (insert + mark + delete per request): 8 KiB pages are within ~5% of the best
+# page size for 10 KB, 40 KB and 200 KB requests alike; 4 KiB is 1.7x slower on 200 KB
+# requests, 16 KiB and 64 KiB up to 1.9x slower on the small ones sampling leaves.
+PAGE_SIZE = 8192
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY AUTOINCREMENT, "
     "records INTEGER NOT NULL, bytes INTEGER NOT NULL, body BLOB NOT NULL)",

@@ -287,7 +287,10 @@ class ExportQueue:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.store is not None:
-            kept = self._deferred + self._size
+            try:
+                kept = sum(r.records for r in self.store.pending())
+            except StorageError:
+                kept = self._deferred + self._size
             if kept:
                 log.warning("exporter %s: shutdown timeout; %d log records stay in %s and are "
                             "sent at the next start", self.name, kept, self.store.path)
@@ -345,9 +348,10 @@ class ExportQueue:
         nbytes = sum(i.nbytes for i in items)
         rows = [i.row for i in items if i.row is not None]
         finished = False
+        settled = 0  # records of this batch already sent or dropped (counted)
         self._busy += 1
         try:
-            parts = self._materialize(items)
+            parts, settled = self._materialize(items)
             if self.store is not None and rows:
                 try:
                     self.store.mark_dispatched(rows)
@@ -356,26 +360,28 @@ class ExportQueue:
             limit = self.batch.max_size if self.batch.enabled else 0
             if len(parts) == 1:  # one request: cut it if it is over max_size
                 for piece in chunk_request(parts[0], limit):
-                    await self._send([piece], count_records(piece))
+                    k = count_records(piece)
+                    await self._send([piece], k)
+                    settled += k
             elif parts:
-                await self._send(parts, sum(count_records(p) for p in parts))
+                await self._send(parts, n - settled)
             redelivered = sum(i.records for i in items if i.redelivery)
             if redelivered:
                 metrics.PERSISTENT_QUEUE_REDELIVERED.labels(self.name).inc(redelivered)
             finished = True
         except _Deferred:
-            self._deferred += n
+            self._deferred += n - settled
         except asyncio.CancelledError:
             if self.store is None:
-                self._drop(n, "shutdown")
+                self._drop(n - settled, "shutdown")
             raise
         except StorageError as err:
             self._log.error("storage", "exporter %s: %s; the batch stays queued on disk",
                             self.name, err)
         except Exception:  # noqa: BLE001 - an exporter bug must not kill the consumer
             log.exception("exporter %s failed unexpectedly; dropping %d log records",
-                          self.name, n)
-            self._drop(n, "exporter_error")
+                          self.name, n - settled)
+            self._drop(n - settled, "exporter_error")
             finished = True
         finally:
             self._busy -= 1
@@ -392,12 +398,13 @@ class ExportQueue:
             if self._size == 0:
                 self._idle.set()
 
-    def _materialize(self, items: list[_Item]) -> list[ExportLogsServiceRequest]:
+    def _materialize(self, items: list[_Item]) -> tuple[list[ExportLogsServiceRequest], int]:
         """The items' requests (rows loaded at start-up are read from disk here; an
-        unreadable one is dropped and counted)."""
+        unreadable one is dropped and counted) and the number of records dropped so."""
         missing = [i.row for i in items if i.request is None and i.row is not None]
         bodies = self.store.read(missing) if missing and self.store is not None else {}
         parts: list[ExportLogsServiceRequest] = []
+        dropped = 0
         for item in items:
             req = item.request
             if req is None:
@@ -408,9 +415,10 @@ class ExportQueue:
                     log.error("exporter %s: stored request %s in %s cannot be read; %d log "
                               "records dropped", self.name, item.row, self.storage_path,
                               item.records)
+                    dropped += item.records
                     continue
             parts.append(req)
-        return parts
+        return parts, dropped
 
     async def _send(self, parts: list[ExportLogsServiceRequest], n: int) -> None:
         """Export ``parts`` (``n`` records) as one request, with retries. Returns when sent

@@ -267,3 +267,11 @@ def test_rows_survive_reopen_in_order(tmp_path) -> None:
         (ids[0], 1, 1, True), (ids[3], 4, 4, False), (ids[4], 5, 5, False)]
     again.close()
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_storage_words_from_env_expansion_mean_booleans() -> None:
+    assert SendingQueueConfig(storage="true").storage is True
+    assert SendingQueueConfig(storage=" False ").storage is False
+    assert SendingQueueConfig(storage="q.db").storage == "q.db"
+    with pytest.raises(ValueError, match="expected true, false"):
+        SendingQueueConfig(storage=" ")

@@ -1,10 +1,14 @@
 """Delivery guarantees of the real process (`lipservice run` subprocess): kill -9 mid-stream
 with the persistent queue then restart; SIGTERM with the backend down keeps the rest on
-disk for the next start; the memory limiter answers 503 with Retry-After."""
+disk for the next start; the memory limiter answers 503 with Retry-After; an unusable
+queue file stops startup with one clear line."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -12,7 +16,8 @@ import urllib.request
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from tests.sinks import HttpSink, Reply
+from tests.e2e.conftest import REPO
+from tests.sinks import HttpSink, Reply, free_port
 
 
 def uid_request(first: int, n: int) -> bytes:
@@ -158,3 +163,23 @@ def test_memory_limiter_refuses_with_503_and_retry_after(sidecar_factory) -> Non
         assert 'reason="memory_hard_limit"' in text
         assert sc.stop() == 0
         assert not sink.requests
+
+
+def test_unusable_queue_file_stops_startup_with_one_line(tmp_path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-m", "collector", "run", "-c", str(REPO / "config/default.yaml"),
+         "--set", "service.pipelines.logs.exporters=[otlphttp/posthog]",
+         "--set", f"exporters.otlphttp/posthog.sending_queue.storage={blocker}/q.db",
+         "--set", f"receivers.otlp.protocols.grpc.endpoint=127.0.0.1:{free_port()}",
+         "--set", f"receivers.otlp.protocols.http.endpoint=127.0.0.1:{free_port()}",
+         "--set", f"service.telemetry.metrics.address=127.0.0.1:{free_port()}",
+         "--set", f"storage.directory={tmp_path / 'state'}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
+    assert any("persistent queue file" in ln and "not-a-dir" in ln for ln in errors), \
+        proc.stderr
