@@ -14,7 +14,7 @@ Two measurements per queue setting, batches of SDK-like records (bench_wire's sh
 
 Absolute numbers depend on the machine and its disk; compare rows of one run.
 
-    .venv/bin/python bench/bench_delivery.py [--records 1000] [--requests 300] [--repeat 3]
+    .venv/bin/python bench/bench_delivery.py [--records 1000] [--requests 300] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -117,24 +117,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=1000, help="records per request")
     ap.add_argument("--requests", type=int, default=300, help="requests per run")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per row (best is kept)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per row (best is kept)")
     ap.add_argument("--dir", default=None, help="directory for the queue files (default: "
                     "a temporary directory; put it on the disk you care about)")
     args = ap.parse_args()
     tmp = args.dir or tempfile.mkdtemp(prefix="lipservice-bench-")
     size = len(sdk_like_request(args.records).SerializeToString())
-    rows = []
-    for name, kw, persistent, fsync in SETTINGS:
-        best_accept = best_through = best_http = 0.0
-        median_us = float("inf")
-        for _ in range(args.repeat):
+    best: dict[str, list[float]] = {name: [0.0, float("inf"), 0.0, 0.0]
+                                    for name, *_ in SETTINGS}
+    for _ in range(args.repeat):  # settings interleaved, so load swings hit them alike
+        for name, kw, persistent, fsync in SETTINGS:
             a, t, m = asyncio.run(accept_and_drain(kw, persistent, fsync, args.records,
                                                    args.requests, tmp))
             h = asyncio.run(http_rate(kw, persistent, fsync, args.records, args.requests,
                                       tmp))
-            best_accept, best_through = max(best_accept, a), max(best_through, t)
-            best_http, median_us = max(best_http, h), min(median_us, m)
-        rows.append((name, best_accept, median_us, best_through, best_http))
+            row = best[name]
+            row[0], row[1] = max(row[0], a), min(row[1], m)
+            row[2], row[3] = max(row[2], t), max(row[3], h)
+    rows = [(name, *best[name]) for name, *_ in SETTINGS]
     print(f"# {platform.python_implementation()} {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, {args.requests} requests of {args.records} records "
           f"({size:,} B protobuf each), queue files in {tmp}, best of {args.repeat}")

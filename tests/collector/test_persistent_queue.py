@@ -275,3 +275,21 @@ def test_storage_words_from_env_expansion_mean_booleans() -> None:
     assert SendingQueueConfig(storage="q.db").storage == "q.db"
     with pytest.raises(ValueError, match="expected true, false"):
         SendingQueueConfig(storage=" ")
+
+
+async def test_a_storage_failure_refuses_the_request_as_unavailable(tmp_path) -> None:
+    from collector.pipeline import Pipeline, Refused
+
+    exp = RecordingExporter("p-storefail")
+    q = ExportQueue(exp, ONE_BY_ONE, storage=tmp_path / "q.db")
+    pipe = Pipeline([], [q])
+    await pipe.start()
+    assert pipe.consume(make_request([[2]])) == 2
+    q.store.db.close()  # the file becomes unusable, as on an I/O error
+    with pytest.raises(Refused) as info:
+        pipe.consume(make_request([[3]]))
+    assert info.value.reason == "storage_error" and info.value.unavailable
+    assert "cannot store" in str(info.value)
+    assert q.size in (0, 2)  # the refused request was not queued (the first may be sent)
+    await pipe.shutdown(5)
+    assert exp.record_count == 2
