@@ -174,13 +174,51 @@ class RetryConfig(StrictModel):
     max_elapsed_time: Duration = Field(300.0, description="give up after this long; 0 = never")
 
 
+class BatchConfig(StrictModel):
+    """``sending_queue.batch``: coalesce small requests before export (names from the
+    Collector's exporterhelper; ``min_size``/``max_size`` play the batch processor's
+    ``send_batch_size``/``send_batch_max_size``). Sizes in log records."""
+
+    enabled: bool = True
+    flush_timeout: Duration = Field(0.2, gt=0, description="longest wait for min_size")
+    min_size: int = Field(8192, ge=0, description="send as soon as this many are queued")
+    max_size: int = Field(16384, ge=0, description="largest export request; 0 = no limit")
+
+    @model_validator(mode="after")
+    def _max_not_below_min(self) -> BatchConfig:
+        if self.max_size and self.max_size < self.min_size:
+            raise ValueError(f"max_size ({self.max_size}) must be 0 or >= min_size "
+                             f"({self.min_size})")
+        return self
+
+
 class SendingQueueConfig(StrictModel):
-    """``sending_queue``: the bounded queue between the pipeline and one exporter."""
+    """``sending_queue``: the bounded queue between the pipeline and one exporter
+    (collector/queue.py; user docs in docs/delivery.md).
+
+    storage: None/false = in memory; true = SQLite file ``<storage.directory>/queue-
+    <exporter>.db``; a bare file name = that file under ``storage.directory``; a path
+    (containing ``/``) = that file as given.
+    """
 
     enabled: bool = True
     num_consumers: int = Field(4, ge=1)
     queue_size: int = Field(100_000, ge=1, description="capacity in log records")
-    storage: str | None = Field(None, description="persistent queue file (SQLite); None = memory")
+    queue_size_bytes: ByteSize = Field(
+        64 * 1024**2, description="capacity in bytes of serialized OTLP; 0 = no byte limit")
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    storage: bool | str | None = Field(
+        None, description="persistent queue (SQLite); None/false = memory only")
+
+    @model_validator(mode="after")
+    def _storage_name(self) -> SendingQueueConfig:
+        if isinstance(self.storage, str):
+            word = self.storage.strip().lower()
+            if word in ("true", "false"):  # e.g. from ${env:QUEUE_STORAGE:-true}
+                self.storage = word == "true"
+            elif not word:
+                raise ValueError("storage: expected true, false, a file name or a path")
+        return self
 
 
 class _ExporterCommon(StrictModel):
@@ -283,6 +321,8 @@ class StorageConfig(StrictModel):
     """Local state (SQLite files: miner snapshot, policies, persistent queue)."""
 
     directory: str = "./data"
+    fsync: bool = Field(False, description="persistent queues fsync every commit "
+                                           "(survive power loss, not only a process crash)")
     backend: Literal["local", "redis"] = "local"
     redis_url: str | None = None
 
@@ -460,6 +500,7 @@ def load_config_tree(tree: Any, source: str = "") -> Config:
     for key, cfg in typed["exporters"].items():
         if isinstance(cfg, OtlpHttpExporterConfig) and not (cfg.endpoint or cfg.logs_endpoint):
             problems.append(f"exporters.{key}: needs `endpoint` or `logs_endpoint`")
+    problems.extend(_shared_queue_files(typed["exporters"], raw.storage.directory))
     if problems:
         raise ConfigError(problems, source)
     return Config(
@@ -471,6 +512,26 @@ def load_config_tree(tree: Any, source: str = "") -> Config:
         extensions=typed["extensions"],
         source=source,
     )
+
+
+def _shared_queue_files(exporters: dict[str, StrictModel], directory: str) -> list[str]:
+    """Problems for exporters whose persistent queues resolve to the same file."""
+    from collector.persistent_queue import resolve_storage_path
+
+    owners: dict[Path, str] = {}
+    problems = []
+    for key, cfg in exporters.items():
+        queue = getattr(cfg, "sending_queue", None)
+        path = resolve_storage_path(queue.storage, key, directory) if queue else None
+        if path is None:
+            continue
+        real = Path(os.path.abspath(path))
+        if real in owners:
+            problems.append(f"exporters.{key}.sending_queue.storage: {str(path)!r} is already "
+                            f"the persistent queue of exporters.{owners[real]}; each exporter "
+                            f"needs its own file")
+        owners[real] = key
+    return problems
 
 
 def load_config(path: str | Path | None = None, sets: Iterable[str] = (),

@@ -112,3 +112,43 @@ CONTROL_RUNS = Counter(
     "Control loop runs per service, by trigger (interval, anomaly, api) and outcome "
     "(applied, unchanged, rejected, llm_failed, held, no_data, error).",
     ["trigger", "outcome"], registry=REGISTRY)
+
+EXPORTER_QUEUE_SIZE_BYTES = Gauge(
+    "lipservice_exporter_queue_size_bytes",
+    "Bytes (serialized OTLP) waiting in the sending queue or being sent.",
+    ["exporter"], registry=REGISTRY)
+EXPORTER_QUEUE_CAPACITY_BYTES = Gauge(
+    "lipservice_exporter_queue_capacity_bytes",
+    "Capacity of the sending queue in bytes of serialized OTLP (0 = no byte limit).",
+    ["exporter"], registry=REGISTRY)
+EXPORTER_DROPPED = Counter(
+    "lipservice_exporter_dropped_log_records",
+    "Log records given up on, by reason (permanent: the backend refused them; "
+    "retries_exhausted: max_elapsed_time passed; shutdown: unsent at the shutdown "
+    "deadline without a persistent queue; unreadable: a stored request could not be read; "
+    "exporter_error: the exporter raised unexpectedly). Sums to "
+    "otelcol_exporter_send_failed_log_records.",
+    ["exporter", "reason"], registry=REGISTRY)
+EXPORTER_BATCH_SEND_SIZE = Histogram(
+    "otelcol_exporter_queue_batch_send_size",
+    "Log records per export request after batching.",
+    ["exporter"],
+    buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000),
+    registry=REGISTRY)
+PERSISTENT_QUEUE_REDELIVERED = Counter(
+    "lipservice_exporter_persistent_queue_redelivered_log_records",
+    "Log records sent again after a restart that had already been handed to the exporter "
+    "before it (possible duplicates: at-least-once delivery).",
+    ["exporter"], registry=REGISTRY)
+PERSISTENT_QUEUE_RECOVERED = Counter(
+    "lipservice_exporter_persistent_queue_recovered_log_records",
+    "Log records found in the persistent queue at start-up (left by the previous run).",
+    ["exporter"], registry=REGISTRY)
+MEMORY_LIMITER_REFUSING = Gauge(
+    "lipservice_memory_limiter_refusing",
+    "1 while the memory limiter refuses data (memory over its soft limit), else 0.",
+    ["processor"], registry=REGISTRY)
+MEMORY_LIMITER_USAGE = Gauge(
+    "lipservice_memory_limiter_usage_bytes",
+    "Resident memory (RSS) at the memory limiter's last check.",
+    ["processor"], registry=REGISTRY)

@@ -3,7 +3,9 @@
 This file is the data path; read it top to bottom::
 
     request (decoded OTLP, protobuf)             from a receiver, or `lipservice replay`
-      │  admission: every exporter queue has room, else Refused (retryable at the receiver)
+      │  admission, else Refused (retryable at the receiver; nothing accepted):
+      │    memory_limiter (if configured): RSS under the soft limit   → else 503/UNAVAILABLE
+      │    every exporter queue has room (records and bytes)          → else 429/RESOURCE_EXHAUSTED
       ▼
     LogBatch(request, now)                       flat view + per-record side data
       │  observed_time_unix_nano filled where 0
@@ -11,7 +13,9 @@ This file is the data path; read it top to bottom::
     processor 1 … processor N                    in place; a processor that raises fails
       │                                          open: the batch goes on as it was
       ▼
-    ExportQueue per exporter                     bounded, retrying, drained on shutdown
+    ExportQueue per exporter                     bounded, batching, retrying; with
+                                                 `sending_queue.storage` committed to
+                                                 disk here, before the receiver answers
 
 No processor is known here by name: the YAML's ``service.pipelines.logs.processors`` list
 is built through the registry in ``processors/__init__.py``.
@@ -30,6 +34,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from collector import metrics
 from collector.config import Config, component_type
 from collector.exporters import build_exporter
+from collector.persistent_queue import StorageError, resolve_storage_path
 from collector.queue import ExportQueue
 from processors import load_processor_class
 from processors.base import LogBatch, count_records
@@ -38,23 +43,31 @@ log = logging.getLogger("lipservice.pipeline")
 
 
 class Refused(Exception):
-    """The pipeline cannot take a request now; the receiver answers with a retryable
-    refusal (HTTP 429 + Retry-After, gRPC RESOURCE_EXHAUSTED + RetryInfo).
+    """The pipeline cannot take a request now; nothing of it was accepted. The receiver
+    answers with a retryable refusal: HTTP 429 + Retry-After and gRPC RESOURCE_EXHAUSTED +
+    RetryInfo (a full queue: slow down), or with ``unavailable`` HTTP 503 + Retry-After and
+    gRPC UNAVAILABLE + RetryInfo (memory limit, storage failure, shutting down).
 
-    reason: short label for metrics (``queue_full``); retry_after: seconds to suggest.
+    reason: label for ``otelcol_receiver_refused_log_records`` (``queue_full``,
+    ``queue_full_bytes``, ``memory_soft_limit``, ``memory_hard_limit``, ``storage_error``,
+    ``shutting_down``); retry_after: seconds to suggest to the client.
     """
 
-    def __init__(self, message: str, reason: str, retry_after: float = 1.0) -> None:
+    def __init__(self, message: str, reason: str, retry_after: float = 1.0,
+                 unavailable: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.retry_after = retry_after
+        self.unavailable = unavailable
 
 
 class Pipeline:
     """Processors in order, then every exporter queue.
 
-    processors: (name, processor) pairs, run in order; queues: one per exporter;
-    clock: seconds since the epoch (replay passes a virtual clock).
+    processors: (name, processor) pairs, run in order; a processor with a
+    ``check_admission() -> Refused | None`` method (the memory limiter) is also asked before
+    each request is accepted. queues: one per exporter; clock: seconds since the epoch
+    (replay passes a virtual clock).
     """
 
     def __init__(self, processors: list[tuple[str, Any]], queues: list[ExportQueue],
@@ -62,12 +75,15 @@ class Pipeline:
         self.processors = processors
         self.queues = queues
         self.clock = clock
+        self.admission = [p for _, p in processors if hasattr(p, "check_admission")]
         self._in = [metrics.PROCESSOR_IN.labels(n, "logs") for n, _ in processors]
         self._out = [metrics.PROCESSOR_OUT.labels(n, "logs") for n, _ in processors]
 
     @classmethod
-    def from_config(cls, config: Config, clock: Callable[[], float] = time.time) -> Pipeline:
-        """Build the processors and exporter queues the YAML's logs pipeline names."""
+    def from_config(cls, config: Config, clock: Callable[[], float] = time.time,
+                    persistent: bool = True) -> Pipeline:
+        """Build the processors and exporter queues the YAML's logs pipeline names.
+        ``persistent=False`` ignores ``sending_queue.storage`` (used by replay)."""
         spec = config.service.pipelines.logs
         processors = []
         for name in spec.processors:
@@ -77,21 +93,33 @@ class Pipeline:
         for name in spec.exporters:
             exp_cfg = config.exporters[name]
             exporter = build_exporter(name, exp_cfg)
+            storage = resolve_storage_path(exp_cfg.sending_queue.storage, name,
+                                           config.storage.directory) if persistent else None
             queues.append(ExportQueue(exporter, exp_cfg.sending_queue,
-                                      getattr(exp_cfg, "retry_on_failure", None)))
+                                      getattr(exp_cfg, "retry_on_failure", None),
+                                      storage, config.storage.fsync))
         return cls(processors, queues, clock)
 
-    def has_room(self, n: int) -> bool:
-        """True when every exporter queue can take ``n`` more records."""
-        return all(q.has_room(n) for q in self.queues)
+    def has_room(self, n: int, nbytes: int = 0) -> bool:
+        """True when every exporter queue can take ``n`` more records (``nbytes`` bytes)."""
+        return all(q.has_room(n, nbytes) for q in self.queues)
 
-    def admit(self, n: int) -> None:
-        """Raise Refused unless every exporter queue has room for ``n`` more records."""
+    def admit(self, n: int, nbytes: int = 0) -> None:
+        """Raise Refused unless the admission checks pass and every exporter queue has room
+        for ``n`` more records of ``nbytes`` bytes."""
+        for check in self.admission:
+            refused = check.check_admission()
+            if refused is not None:
+                raise refused
         for q in self.queues:
-            if not q.has_room(n):
+            reason = q.full_reason(n, nbytes)
+            if reason == "shutting_down":
+                raise Refused("the sidecar is shutting down", reason, unavailable=True)
+            if reason is not None:
                 metrics.EXPORTER_ENQUEUE_FAILED.labels(q.name).inc(n)
-                raise Refused(f"sending queue of exporter {q.name!r} is full "
-                              f"({q.size}/{q.capacity} log records)", "queue_full")
+                what = (f"{q.size}/{q.capacity} log records" if reason == "queue_full" else
+                        f"{q.size_bytes}/{q.capacity_bytes} bytes")
+                raise Refused(f"sending queue of exporter {q.name!r} is full ({what})", reason)
 
     def process(self, request: ExportLogsServiceRequest) -> LogBatch:
         """Run the processors over one request, in place; returns the batch."""
@@ -115,19 +143,32 @@ class Pipeline:
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
         return batch
 
-    def consume(self, request: ExportLogsServiceRequest) -> int:
-        """Admit, process and enqueue one request. Returns the number of records accepted;
-        raises Refused (nothing accepted) when a queue is full."""
+    def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None) -> int:
+        """Admit, process and enqueue one request. ``nbytes``: its serialized size when the
+        caller knows it (the receiver's body length; computing it costs as much as
+        serializing). Returns the number of records accepted; raises Refused (nothing
+        accepted) when a limit is reached or a persistent queue cannot store it."""
         n = count_records(request)
-        self.admit(n)
+        if nbytes is None:
+            nbytes = request.ByteSize()
+        self.admit(n, nbytes)
         batch = self.process(request)
-        self.emit(batch)
+        self.emit(batch, nbytes * len(batch) // n if n else 0)
         return n
 
-    def emit(self, batch: LogBatch) -> None:
-        """Hand the surviving records to every exporter queue."""
+    def emit(self, batch: LogBatch, nbytes: int | None = None) -> None:
+        """Hand the surviving records to every exporter queue (``nbytes``: their estimated
+        serialized size). Raises Refused when a persistent queue cannot store them; queues
+        earlier in the list keep the request (the client's retry may duplicate it there)."""
+        if nbytes is None:
+            nbytes = batch.request.ByteSize() if self.queues else 0
         for q in self.queues:
-            q.put(batch.request, len(batch))
+            try:
+                q.put(batch.request, len(batch), nbytes)
+            except StorageError as err:
+                log.error("%s", err)
+                raise Refused(f"cannot store the request: {err}", "storage_error",
+                              unavailable=True) from None
 
     async def start(self) -> None:
         for q in self.queues:

@@ -161,7 +161,8 @@ async def replay(config: Config, files: list[str], rate: float | None = None,
     Returns the exit code."""
     virtual = [time.time()]
     clock = (lambda: virtual[0]) if rate else time.time
-    pipeline = Pipeline.from_config(config, clock=clock)
+    # No persistent queue: what replay exports must not be left for a later sidecar run.
+    pipeline = Pipeline.from_config(config, clock=clock, persistent=False)
     await pipeline.start()
     report = Report()
     batch_size = BATCH_SIZE if not rate else max(1, min(BATCH_SIZE, int(rate / 10) or 1))
@@ -170,12 +171,12 @@ async def replay(config: Config, files: list[str], rate: float | None = None,
         for path in files:
             for request, nbytes in read_requests(path, service, batch_size):
                 n = count_records(request)
-                while not pipeline.has_room(n):  # backpressure from the exporters
-                    await asyncio.sleep(0.01)
                 bytes_in = request.ByteSize()
+                while not pipeline.has_room(n, bytes_in):  # backpressure from the exporters
+                    await asyncio.sleep(0.01)
                 batch = pipeline.process(request)
                 report.add(batch, bytes_in, n)
-                pipeline.emit(batch)
+                pipeline.emit(batch, bytes_in * len(batch) // n if n else 0)
                 if rate:
                     virtual[0] += n / rate
                 if progress is not None:

@@ -3,7 +3,9 @@ serves until SIGTERM/SIGINT, then shuts down in order:
 
 1. readiness goes to 503, receivers stop accepting (requests in flight finish, so every
    record answered with success is already in the exporter queues);
-2. the exporter queues drain within ``service.shutdown_timeout``;
+2. the exporter queues drain within ``service.shutdown_timeout``; what is left then stays
+   in the persistent queues (``sending_queue.storage``) for the next start, or is counted
+   as dropped for in-memory queues;
 3. the control loop stops; processor state is saved to the state store
    (``storage.directory``);
 4. the telemetry server stops. Exit code 0.
@@ -27,6 +29,7 @@ from typing import Any
 from collector.admin import pattern_routes
 from collector.config import Config, OtlpReceiverConfig, load_config
 from collector.control.extension import build_control
+from collector.persistent_queue import StorageError
 from collector.pipeline import Pipeline
 from collector.state import StateError, StateStore
 from collector.telemetry import TelemetryServer
@@ -135,7 +138,7 @@ class Service:
             for r in self.receivers:
                 await r.start()
                 started.append(r)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, StorageError) as err:
             for part in reversed(started):
                 await part.stop()
             await self.pipeline.shutdown(0)

@@ -13,6 +13,9 @@ PROCESSORS: dict[str, str] = {
     "signature": "processors.signature:SignatureProcessor",
     "clustering": "processors.clustering:ClusteringProcessor",
     "sampling": "processors.sampling:SamplingProcessor",
+    # An admission check rather than a batch processor (it reads the process's memory), so
+    # it lives in collector/; named here so YAML lists it among processors, as the Collector.
+    "memory_limiter": "collector.memory_limiter:MemoryLimiter",
 }
 
 

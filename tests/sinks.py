@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import random
 import socket
 import threading
 import time
@@ -43,19 +44,27 @@ class Reply:
 
 
 class _Base:
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.requests: list[ExportLogsServiceRequest] = []
         self.headers: list[dict[str, str]] = []
         self.replies: list[Reply] = []  # consumed one per request; then `default`
         self.default = Reply()
-        self.port = free_port()
+        # chaos: after `replies`, answer `failure` to this fraction of requests (seeded)
+        self.fail_rate = 0.0
+        self.failure = Reply(status=503, grpc_code=grpc.StatusCode.UNAVAILABLE)
+        self._rng = random.Random(7)
+        self.port = port or free_port()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._lock = threading.Lock()
 
     def next_reply(self) -> Reply:
         with self._lock:
-            return self.replies.pop(0) if self.replies else self.default
+            if self.replies:
+                return self.replies.pop(0)
+            if self.fail_rate and self._rng.random() < self.fail_rate:
+                return self.failure
+            return self.default
 
     def record(self, req: ExportLogsServiceRequest, headers: dict[str, str]) -> None:
         with self._lock:

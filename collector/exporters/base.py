@@ -7,6 +7,10 @@ An exporter sends one ``ExportLogsServiceRequest`` per call and reports the outc
 - raises :class:`ExportError` otherwise, saying whether the failure is retryable and, when
   the backend said so (HTTP ``Retry-After``, gRPC ``RetryInfo``), after how long.
 
+An exporter may also offer ``export_parts(parts) -> int``: send the records of several
+requests as one request (the sending queue's batches). Without it the queue merges the
+parts with :func:`merge_requests` (a copy of every record) and calls ``export``.
+
 Retries, backoff and queueing live in ``collector/queue.py``, not in exporters.
 """
 
@@ -32,6 +36,17 @@ class ExportError(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
         self.too_large = too_large
+
+
+def merge_requests(parts: list[ExportLogsServiceRequest]) -> ExportLogsServiceRequest:
+    """One request holding every part's resource_logs, in order (the part itself when
+    there is one)."""
+    if len(parts) == 1:
+        return parts[0]
+    merged = ExportLogsServiceRequest()
+    for part in parts:
+        merged.MergeFrom(part)  # appends resource_logs
+    return merged
 
 
 class Exporter(Protocol):

@@ -104,8 +104,10 @@ class OtlpGrpcExporter:
             channel = aio.insecure_channel(self.target, options=options,
                                            compression=self.compression)
         self._channel = channel
+        # Requests go out as bytes: a batch of several requests is their serializations
+        # concatenated, which protobuf reads as one merged message (no copy of records).
         self._call = channel.unary_unary(
-            EXPORT_METHOD, request_serializer=ExportLogsServiceRequest.SerializeToString,
+            EXPORT_METHOD, request_serializer=None,
             response_deserializer=ExportLogsServiceResponse.FromString)
 
     async def shutdown(self) -> None:
@@ -116,10 +118,16 @@ class OtlpGrpcExporter:
     async def export(self, request: ExportLogsServiceRequest) -> int:
         """One Export call; returns the number of records the backend rejected.
         Raises ExportError classified as in the module docstring."""
+        return await self.export_parts([request])
+
+    async def export_parts(self, parts: list[ExportLogsServiceRequest]) -> int:
+        """One Export call carrying the records of several requests (the queue's
+        batches); returns and raises as export()."""
         if self._call is None:
             raise ExportError(f"exporter {self.name}: not started", retryable=False)
+        body = b"".join(p.SerializeToString() for p in parts)
         try:
-            resp = await self._call(request, metadata=self.metadata,
+            resp = await self._call(body, metadata=self.metadata,
                                     timeout=self.config.timeout)
         except aio.AioRpcError as err:
             raise self._error(err) from None

@@ -3,8 +3,8 @@
 A receiver is built as ``Cls(name, config, pipeline)``; ``await start()`` binds (raising
 OSError with a message naming the endpoint when it cannot) and ``await stop()`` stops
 accepting and lets requests in progress finish. The pipeline is anything with
-``consume(request) -> int`` (records accepted) that raises ``collector.pipeline.Refused``
-when it cannot take the request now.
+``consume(request, nbytes) -> int`` (records accepted; ``nbytes`` the decoded body's
+length) that raises ``collector.pipeline.Refused`` when it cannot take the request now.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 
 class Consumer(Protocol):
-    def consume(self, request: ExportLogsServiceRequest) -> int: ...
+    def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None) -> int: ...
 
 
 def split_host_port(endpoint: str) -> tuple[str, int]:
@@ -50,6 +50,12 @@ class ThrottledLog:
         self._held: dict[str, int] = {}
 
     def warning(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+    def error(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.ERROR, key, msg, *args)
+
+    def log(self, level: int, key: str, msg: str, *args: object) -> None:
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
@@ -60,4 +66,4 @@ class ThrottledLog:
         if held:
             msg += " (%d similar messages suppressed)"
             args = (*args, held)
-        self.logger.warning(msg, *args)
+        self.logger.log(level, msg, *args)

@@ -731,7 +731,9 @@ def encode_response(rejected: int = 0, error_message: str = "", *, as_json: bool
 
 def make_status(code: int, message: str, retry_after: float | None = None) -> status_pb2.Status:
     """A google.rpc.Status (code from google.rpc.Code), with a RetryInfo detail when
-    ``retry_after`` (seconds) is given."""
+    ``retry_after`` (seconds) is given. Characters UTF-8 cannot carry (lone surrogates
+    quoted from a client's JSON) are written as ``\\udXXX`` escapes."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     status = status_pb2.Status(code=code, message=message)
     if retry_after is not None:
         info = error_details_pb2.RetryInfo()

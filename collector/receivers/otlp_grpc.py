@@ -6,7 +6,8 @@ Export`` on ``receivers.otlp.protocols.grpc``.
 | valid ExportLogsServiceRequest           | OK, ``ExportLogsServiceResponse`` (``partial_success`` when records were rejected) |
 | undecodable (malformed, invalid UTF-8, nested too deep) | INVALID_ARGUMENT with the reason   |
 | over ``max_recv_msg_size_mib`` (after gRPC decompression) | RESOURCE_EXHAUSTED (from gRPC itself) |
-| pipeline full (``Refused``)              | RESOURCE_EXHAUSTED with a ``google.rpc.RetryInfo`` in ``grpc-status-details-bin``, so SDKs retry |
+| sending queue full (``Refused``)         | RESOURCE_EXHAUSTED with a ``google.rpc.RetryInfo`` in ``grpc-status-details-bin``, so SDKs retry |
+| memory limit, storage failure, shutting down (``Refused(unavailable)``) | UNAVAILABLE with a ``RetryInfo`` |
 
 The request is taken as raw bytes and decoded here (not by the generated servicer), so a
 malformed message gets INVALID_ARGUMENT with a reason instead of gRPC's generic INTERNAL.
@@ -102,7 +103,7 @@ class OtlpGrpcReceiver:
         n = count_records(request)
         refused: Refused | None = None
         try:
-            accepted = self.pipeline.consume(request) if n else 0
+            accepted = self.pipeline.consume(request, len(body)) if n else 0
         except Refused as err:
             refused = err
         except Exception:  # noqa: BLE001 - a pipeline bug answers INTERNAL, server lives on
@@ -115,9 +116,11 @@ class OtlpGrpcReceiver:
             metrics.RECEIVER_REFUSED.labels(self.name, self.transport, refused.reason).inc(n)
             self._throttled.warning(refused.reason, "receiver %s: refused %d log records: %s",
                                     self.name, n, refused)
-            status = codec.make_status(codec.RESOURCE_EXHAUSTED, str(refused),
-                                       refused.retry_after)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refused),
+            code, grpc_code = ((codec.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE)
+                               if refused.unavailable else
+                               (codec.RESOURCE_EXHAUSTED, grpc.StatusCode.RESOURCE_EXHAUSTED))
+            status = codec.make_status(code, str(refused), refused.retry_after)
+            await context.abort(grpc_code, str(refused),
                                 trailing_metadata=((STATUS_DETAILS_KEY,
                                                     status.SerializeToString()),))
         self._accepted.inc(accepted)

@@ -7,7 +7,8 @@
 | other Content-Encoding                               | 415                                       |
 | body over ``max_request_body_size`` after decompression | 413, ``google.rpc.Status``             |
 | undecodable body (malformed, truncated, invalid UTF-8, nested too deep) | 400, ``google.rpc.Status`` with the reason |
-| pipeline full (``Refused``)                          | 429 + ``Retry-After`` (seconds), ``Status`` with ``RetryInfo`` |
+| sending queue full (``Refused``)                     | 429 + ``Retry-After`` (seconds), ``Status`` with ``RetryInfo`` |
+| memory limit, storage failure, shutting down (``Refused(unavailable)``) | 503 + ``Retry-After``, ``Status`` (UNAVAILABLE) with ``RetryInfo`` |
 | other Content-Type                                   | 415, text/plain                           |
 | other method                                         | 405 + ``Allow: POST``, text/plain         |
 
@@ -132,15 +133,16 @@ class OtlpHttpReceiver:
 
         n = count_records(otlp)
         try:
-            accepted = self.pipeline.consume(otlp) if n else 0
+            accepted = self.pipeline.consume(otlp, len(body)) if n else 0
         except Refused as err:
             metrics.RECEIVER_REFUSED.labels(self.name, self.transport, err.reason).inc(n)
             self._throttled.warning(err.reason, "receiver %s: refused %d log records: %s",
                                     self.name, n, err)
             delay = max(1, math.ceil(err.retry_after))
-            status = codec.make_status(codec.RESOURCE_EXHAUSTED,
-                                       f"{err}; retry after {delay}s", float(delay))
-            return web.Response(status=429, body=codec.encode_status(status, as_json=as_json),
+            code, http = ((codec.UNAVAILABLE, 503) if err.unavailable
+                          else (codec.RESOURCE_EXHAUSTED, 429))
+            status = codec.make_status(code, f"{err}; retry after {delay}s", float(delay))
+            return web.Response(status=http, body=codec.encode_status(status, as_json=as_json),
                                 content_type=ctype, headers={"Retry-After": str(delay)})
         except Exception:  # noqa: BLE001 - a pipeline bug answers 500, the server lives on
             log.exception("receiver %s: pipeline failed on a request of %d log records",

@@ -182,23 +182,26 @@ class HttpAnswer:
 class HttpSink:
     """An OTLP/HTTP backend on 127.0.0.1: records each request (headers, decoded OTLP) and
     answers with the next scripted HttpAnswer (default: 200 with an empty protobuf
-    ExportLogsServiceResponse)."""
+    ExportLogsServiceResponse). ``arrivals`` holds the loop time of every request received,
+    answered with success or not."""
 
     def __init__(self) -> None:
         self.requests: list[ExportLogsServiceRequest] = []
+        self.arrivals: list[float] = []
         self.headers: list[dict[str, str]] = []
         self.raw_bodies: list[bytes] = []
         self.answers: deque[HttpAnswer] = deque()
+        self.fallback: HttpAnswer | None = None  # answer when `answers` is empty (None: 200)
         self.url = ""
         self._runner: web.AppRunner | None = None
 
-    async def start(self) -> HttpSink:
+    async def start(self, port: int = 0) -> HttpSink:
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_post("/v1/logs", self._handle)
         self._runner = web.AppRunner(app, access_log=None, auto_decompress=False,
                                      shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
@@ -209,11 +212,12 @@ class HttpSink:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
+        self.arrivals.append(asyncio.get_running_loop().time())
         raw = await request.read()
         self.raw_bodies.append(raw)
         self.headers.append(dict(request.headers))
         body = gzip.decompress(raw) if request.headers.get("Content-Encoding") == "gzip" else raw
-        answer = self.answers.popleft() if self.answers else HttpAnswer(
+        answer = self.answers.popleft() if self.answers else self.fallback or HttpAnswer(
             body=ExportLogsServiceResponse().SerializeToString())
         if answer.delay:
             await asyncio.sleep(answer.delay)
@@ -242,16 +246,18 @@ class GrpcAnswer:
 
 class GrpcSink:
     """An OTLP/gRPC backend on 127.0.0.1 recording requests and their metadata, answering
-    with the next scripted GrpcAnswer (default OK)."""
+    with the next scripted GrpcAnswer (default OK); ``arrivals`` as for HttpSink."""
 
     def __init__(self) -> None:
         self.requests: list[ExportLogsServiceRequest] = []
+        self.arrivals: list[float] = []
         self.metadata: list[dict[str, str]] = []
         self.answers: deque[GrpcAnswer] = deque()
+        self.fallback: GrpcAnswer | None = None  # answer when `answers` is empty (None: OK)
         self.endpoint = ""
         self._server: aio.Server | None = None
 
-    async def start(self) -> GrpcSink:
+    async def start(self, port: int = 0) -> GrpcSink:
         server = aio.server(options=[("grpc.so_reuseport", 0)])
         handler = grpc.method_handlers_generic_handler(
             "opentelemetry.proto.collector.logs.v1.LogsService",
@@ -259,7 +265,7 @@ class GrpcSink:
                 self._export, request_deserializer=ExportLogsServiceRequest.FromString,
                 response_serializer=ExportLogsServiceResponse.SerializeToString)})
         server.add_generic_rpc_handlers((handler,))
-        port = server.add_insecure_port("127.0.0.1:0")
+        port = server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         self._server = server
         self.endpoint = f"127.0.0.1:{port}"
@@ -271,9 +277,10 @@ class GrpcSink:
 
     async def _export(self, request: ExportLogsServiceRequest,
                       context: aio.ServicerContext) -> ExportLogsServiceResponse:
+        self.arrivals.append(asyncio.get_running_loop().time())
         self.metadata.append({k: v for k, v in context.invocation_metadata() or ()
                               if isinstance(v, str)})
-        answer = self.answers.popleft() if self.answers else GrpcAnswer()
+        answer = self.answers.popleft() if self.answers else self.fallback or GrpcAnswer()
         if answer.delay:
             await asyncio.sleep(answer.delay)
         if answer.code != grpc.StatusCode.OK:

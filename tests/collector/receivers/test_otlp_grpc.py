@@ -150,7 +150,7 @@ async def test_full_queue_is_resource_exhausted_with_retry_info(served):
 
 async def test_partial_success_when_the_pipeline_accepts_fewer():
     class AcceptsAllButTwo:
-        def consume(self, request: ExportLogsServiceRequest) -> int:
+        def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None) -> int:
             return sum(len(sl.log_records) for rl in request.resource_logs
                        for sl in rl.scope_logs) - 2
 

@@ -296,7 +296,7 @@ async def test_full_queue_answers_429_with_retry_after_and_loses_nothing(served,
 
 async def test_partial_success_when_the_pipeline_accepts_fewer():
     class AcceptsAllButOne:
-        def consume(self, request: ExportLogsServiceRequest) -> int:
+        def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None) -> int:
             return sum(len(sl.log_records) for rl in request.resource_logs
                        for sl in rl.scope_logs) - 1
 
