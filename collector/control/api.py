@@ -175,6 +175,8 @@ class PolicyApi:
             body = await request.json()
         except ValueError:
             return error(400, "the body is not valid JSON")
+        except RecursionError:
+            return error(400, "the body's JSON is nested too deeply")
         if not isinstance(body, dict):
             return error(400, "the body must be a JSON object (a policy document)")
         verdict, rec = await loop.override(name, body)

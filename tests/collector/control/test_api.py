@@ -108,6 +108,10 @@ async def test_bad_requests_are_400(api):
     assert status == 400 and "object" in body["error"]["message"]
     status, body = await api.call("POST", "/api/v1/policies/_default/refresh", headers=AUTH)
     assert status == 400 and "service_name" in body["error"]["message"]
+    # nesting deep enough to exhaust the JSON decoder's recursion is a 400, not a 500
+    deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, body = await api.call("POST", f"/api/v1/policies/{SVC}", headers=AUTH, data=deep)
+    assert status == 400 and "nested" in body["error"]["message"]
     assert api.sampler.policy(SVC).version == 1
 
 
