@@ -106,6 +106,8 @@ def parse_answer(text: str, current: Policy, shown_patterns: set[str],
         data = json.loads(text)
     except ValueError as err:
         raise LlmError("invalid_json", f"answer is not JSON ({err.msg} at {err.pos})") from None
+    except RecursionError:
+        raise LlmError("invalid_json", "answer is JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise LlmError("invalid_json", "answer is not a JSON object")
     extra = sorted(set(data) - set(LLM_FIELDS))

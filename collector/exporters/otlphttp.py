@@ -187,7 +187,7 @@ class OtlpHttpExporter:
                 resp = ExportLogsServiceResponse.FromString(payload)
                 rejected = resp.partial_success.rejected_log_records
                 message = resp.partial_success.error_message
-        except (ValueError, TypeError, AttributeError, DecodeError) as err:
+        except (ValueError, TypeError, AttributeError, DecodeError, RecursionError) as err:
             log.debug("exporter %s: success answer not understood (%s); counting all "
                       "records as accepted", self.name, type(err).__name__)
             return 0
@@ -210,7 +210,7 @@ class OtlpHttpExporter:
                     text = json.dumps(doc)
             elif ctype in codec.PROTOBUF_TYPES:
                 text = status_pb2.Status.FromString(payload).message
-        except (ValueError, TypeError, DecodeError):
+        except (ValueError, TypeError, DecodeError, RecursionError):
             text = ""
         if not text:
             text = payload.decode("utf-8", errors="replace")

@@ -11,6 +11,7 @@ import pytest
 
 from collector.control.llm import (
     LLM_FIELDS,
+    LlmError,
     answer_schema,
     build_messages,
     estimate_tokens,
@@ -250,6 +251,13 @@ def test_parse_answer_keeps_rates_of_patterns_the_prompt_did_not_show():
     assert doc["pattern_rates"] == {"hidden": 0.3, "other": 0.2}
     assert doc["generated_by"] == "llm"
     assert doc["keep_first_n"] == current.keep_first_n  # not the model's to set
+
+
+def test_parse_answer_rejects_json_nested_too_deeply():
+    deep = '{"global_rate":' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(LlmError) as info:
+        parse_answer(deep, DEFAULT_POLICY, set(), set())
+    assert info.value.outcome == "invalid_json"
 
 
 def test_build_messages_carries_ids_templates_and_numbers():

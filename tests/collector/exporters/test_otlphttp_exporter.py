@@ -106,6 +106,9 @@ async def test_partial_success_in_json(sink):
 async def test_unparseable_success_body_counts_as_accepted(sink):
     answer = HttpAnswer(status=202, body=b"\xff\xfe garbage", content_type="text/plain")
     assert await export(sink, answer) == 0
+    deep = b'{"partialSuccess":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    answer = HttpAnswer(body=deep, content_type="application/json")
+    assert await export(sink, answer) == 0
 
 
 # --------------------------------------------------------------------------- failures
