@@ -277,11 +277,13 @@ class ExportQueue:
         self._closing = True
         self._deadline = time.monotonic() + timeout
         self._wakeup.set()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            done = True
-        except TimeoutError:
-            done = False
+        done = self._idle.is_set()  # wait_for(…, 0) would time out even on an idle queue
+        if not done:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+                done = True
+            except TimeoutError:
+                done = False
         unsent = self._size
         for t in self._tasks:
             t.cancel()
@@ -298,7 +300,7 @@ class ExportQueue:
         else:
             if self._size:  # never taken by a consumer (in-flight ones were counted)
                 self._drop(self._size, "shutdown")
-            if not done:
+            if not done and unsent:
                 log.error("exporter %s: shutdown timeout with %d log records unsent; they are "
                           "dropped (a persistent queue would keep them)", self.name, unsent)
         await self.exporter.shutdown()

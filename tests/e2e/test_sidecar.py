@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -167,6 +168,11 @@ def test_sigterm_flushes_every_acknowledged_record(sidecar_factory) -> None:
             assert acked <= got, f"{len(acked - got)} acknowledged records lost"
 
 
+def error_lines(stderr: str) -> list[str]:
+    """Lines logged at level error, and the CLI's final `lipservice: error:` line."""
+    return [line for line in stderr.splitlines() if re.search(r"(^|\s)error(:|\s)", line)]
+
+
 def test_port_in_use_is_one_clear_line(sidecar_factory, tmp_path) -> None:
     import socket
 
@@ -186,8 +192,9 @@ def test_port_in_use_is_one_clear_line(sidecar_factory, tmp_path) -> None:
                               env=sc.env, timeout=60)
         assert proc.returncode != 0
         assert "Traceback" not in proc.stderr
-        errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
-        assert any(str(sc.http_port) in line for line in errors), proc.stderr
+        errors = error_lines(proc.stderr)
+        assert len(errors) == 1, proc.stderr  # one clear line, not a cascade
+        assert str(sc.http_port) in errors[0], proc.stderr
 
 
 def test_unwritable_file_exporter_path_fails_cleanly(tmp_path) -> None:
@@ -204,7 +211,8 @@ def test_unwritable_file_exporter_path_fails_cleanly(tmp_path) -> None:
         env={**os.environ, "PYTHONPATH": str(REPO), "POSTHOG_API_KEY": ""})
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
-    assert "not-a-dir" in proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1 and "not-a-dir" in errors[0], proc.stderr
 
 
 def test_default_config_without_key_says_where_it_writes(tmp_path) -> None:
