@@ -88,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
     tel = config.service.telemetry.logs
     setup_logging(tel.level, tel.encoding)
     _announce_default(config, args)
+    for warning in config.warnings:
+        log.warning("%s", warning)
     try:
         import uvloop  # optional speed-up (pip install lipservice[fast])
 
@@ -108,6 +110,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     config = load(args)
+    for warning in config.warnings:
+        print(f"lipservice: warning: {warning}", file=sys.stderr)
     logs = config.service.pipelines.logs
     ext = config.service.extensions
     print(f"{config.source}: ok (receivers: {', '.join(logs.receivers)}; processors: "

@@ -35,6 +35,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -107,6 +108,35 @@ ByteSize = Annotated[int, BeforeValidator(parse_size)]
 """A size in bytes (int); accepts '20MiB', '512KB', '1GiB' or a number."""
 
 
+def split_host_port(endpoint: str) -> tuple[str, int]:
+    """``"127.0.0.1:4318"`` → ("127.0.0.1", 4318); ``":4318"`` → ("0.0.0.0", 4318), as the
+    Collector reads an empty host; ``"[::1]:4318"`` → ("::1", 4318). Port 0 asks the OS
+    for a free port. Raises ValueError naming the endpoint when the port is missing, not a
+    number or out of range."""
+    host, sep, port = endpoint.strip().rpartition(":")
+    if not sep:
+        raise ValueError(f"endpoint {endpoint!r}: expected host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise ValueError(f"endpoint {endpoint!r}: port {port!r} is not a number") from None
+    if not 0 <= port_no <= 65535:
+        raise ValueError(f"endpoint {endpoint!r}: port {port_no} is out of range")
+    return (host or "0.0.0.0"), port_no
+
+
+def _check_endpoint(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
+Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
+"""``host:port`` to listen on; checked when the config loads, so ``validate`` catches what
+``run`` would refuse."""
+
+
 class StrictModel(BaseModel):
     """Base for every config model: unknown keys are errors."""
 
@@ -117,12 +147,12 @@ class StrictModel(BaseModel):
 
 
 class GrpcServerConfig(StrictModel):
-    endpoint: str = "127.0.0.1:4317"
+    endpoint: Endpoint = "127.0.0.1:4317"
     max_recv_msg_size_mib: int = Field(16, gt=0, description="largest accepted request, MiB")
 
 
 class HttpServerConfig(StrictModel):
-    endpoint: str = "127.0.0.1:4318"
+    endpoint: Endpoint = "127.0.0.1:4318"
     max_request_body_size: ByteSize = Field(
         20 * 1024**2, description="largest request body after decompression (bytes); 413 above"
     )
@@ -297,7 +327,7 @@ class PipelinesConfig(StrictModel):
 
 
 class MetricsTelemetryConfig(StrictModel):
-    address: str = "127.0.0.1:8888"
+    address: Endpoint = "127.0.0.1:8888"
 
 
 class LogsTelemetryConfig(StrictModel):
@@ -350,6 +380,7 @@ class Config(BaseModel):
     storage: StorageConfig
     extensions: dict[str, StrictModel] = Field(default_factory=dict)
     source: str = ""
+    warnings: list[str] = Field(default_factory=list)
 
 
 def component_type(key: str) -> str:
@@ -376,9 +407,11 @@ def extension_types() -> dict[str, type[StrictModel]]:
 _ENV = re.compile(r"\$\$|\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def expand_env(value: Any, environ: dict[str, str] | None = None) -> Any:
+def expand_env(value: Any, environ: dict[str, str] | None = None,
+               unset: set[str] | None = None) -> Any:
     """Expand ``${env:NAME}`` / ``${env:NAME:-default}`` in every string of a parsed YAML
-    tree; ``$$`` becomes ``$``. Returns a new tree."""
+    tree; ``$$`` becomes ``$``. Returns a new tree. ``unset`` (optional) collects the names
+    of variables that were unset and had no default (they expand to "")."""
     env = os.environ if environ is None else environ
     if isinstance(value, str):
         def sub(m: re.Match[str]) -> str:
@@ -386,14 +419,16 @@ def expand_env(value: Any, environ: dict[str, str] | None = None) -> Any:
                 return "$"
             got = env.get(m.group(1))
             if got is None or (got == "" and m.group(2) is not None):
+                if got is None and m.group(2) is None and unset is not None:
+                    unset.add(m.group(1))
                 return m.group(2) or ""
             return got
 
         return _ENV.sub(sub, value)
     if isinstance(value, dict):
-        return {k: expand_env(v, env) for k, v in value.items()}
+        return {k: expand_env(v, env, unset) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, env) for v in value]
+        return [expand_env(v, env, unset) for v in value]
     return value
 
 
@@ -444,7 +479,8 @@ def _problems(err: ValidationError, prefix: list[str]) -> list[str]:
             out.append(f"{path}: required key is missing")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            out.append(f"{path}: {msg} (got {e.get('input')!r})")
+            got = repr(e.get("input"))
+            out.append(f"{path}: {msg}" if got in msg else f"{path}: {msg} (got {got})")
     return out
 
 
@@ -554,12 +590,16 @@ def load_config(path: str | Path | None = None, sets: Iterable[str] = (),
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError([f"invalid YAML: {where}{problem}"], source) from None
-    tree = expand_env(tree, environ)
+    unset: set[str] = set()
+    tree = expand_env(tree, environ, unset)
     if not isinstance(tree, dict):
         raise ConfigError(["top level: expected a mapping"], source)
     for assignment in sets:
         apply_set(tree, assignment)
-    return load_config_tree(tree, source)
+    config = load_config_tree(tree, source)
+    config.warnings = [f"environment variable {name} is not set; ${{env:{name}}} expanded to "
+                       f"an empty string" for name in sorted(unset)]
+    return config
 
 
 def import_object(spec: str) -> Any:

@@ -21,19 +21,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from collector.config import split_host_port
 from collector.metrics import REGISTRY
 
 log = logging.getLogger("lipservice.telemetry")
-
-
-def split_host_port(address: str, what: str) -> tuple[str, int]:
-    """``"127.0.0.1:8888"`` / ``"[::1]:8888"`` / ``":8888"`` → (host, port). Raises
-    ValueError naming ``what`` when malformed."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{what}: expected host:port, got {address!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 class _ProcessorMetrics(Collector):
@@ -57,7 +48,7 @@ class TelemetryServer:
     """
 
     def __init__(self, address: str, processors: list[tuple[str, Any]]) -> None:
-        self.host, self.port = split_host_port(address, "service.telemetry.metrics.address")
+        self.host, self.port = split_host_port(address)
         self.app = web.Application()
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz", self._healthz)

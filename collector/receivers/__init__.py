@@ -20,25 +20,6 @@ class Consumer(Protocol):
     def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None) -> int: ...
 
 
-def split_host_port(endpoint: str) -> tuple[str, int]:
-    """``"127.0.0.1:4318"`` → ("127.0.0.1", 4318); ``":4318"`` → ("0.0.0.0", 4318), as the
-    Collector reads an empty host; ``"[::1]:4318"`` → ("::1", 4318). Port 0 asks the OS
-    for a free port. Raises ValueError naming the endpoint when the port is missing, not a
-    number or out of range."""
-    host, sep, port = endpoint.strip().rpartition(":")
-    if not sep:
-        raise ValueError(f"endpoint {endpoint!r}: expected host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        port_no = int(port)
-    except ValueError:
-        raise ValueError(f"endpoint {endpoint!r}: port {port!r} is not a number") from None
-    if not 0 <= port_no <= 65535:
-        raise ValueError(f"endpoint {endpoint!r}: port {port_no} is out of range")
-    return (host or "0.0.0.0"), port_no
-
-
 class ThrottledLog:
     """Logs at most one line per ``interval`` seconds per key, then reports how many it
     held back, so a client sending garbage in a loop cannot flood the sidecar's logs."""

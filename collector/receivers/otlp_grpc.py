@@ -27,9 +27,9 @@ import grpc
 from grpc import aio
 
 from collector import metrics
-from collector.config import GrpcServerConfig
+from collector.config import GrpcServerConfig, split_host_port
 from collector.pipeline import Refused
-from collector.receivers import Consumer, ThrottledLog, codec, split_host_port
+from collector.receivers import Consumer, ThrottledLog, codec
 from processors.base import count_records
 
 log = logging.getLogger("lipservice.receiver.grpc")

@@ -31,9 +31,9 @@ import socket
 from aiohttp import web
 
 from collector import metrics
-from collector.config import HttpServerConfig
+from collector.config import HttpServerConfig, split_host_port
 from collector.pipeline import Refused
-from collector.receivers import Consumer, ThrottledLog, codec, split_host_port
+from collector.receivers import Consumer, ThrottledLog, codec
 from processors.base import count_records
 
 log = logging.getLogger("lipservice.receiver.http")

@@ -84,6 +84,13 @@ def test_env_default_and_escape() -> None:
      "not defined"),
     ("exporters.kafka={}", "exporters.kafka", "unknown exporter type"),
     ("service.telemetry.metrics.adress=x", "service.telemetry.metrics.adress", "unknown key"),
+    # what `run` would refuse is caught by `validate` too
+    ("service.telemetry.metrics.address=127.0.0.1:99999", "service.telemetry.metrics.address",
+     "out of range"),
+    ("receivers.otlp.protocols.http.endpoint=localhost", "receivers.otlp.protocols.http.endpoint",
+     "expected host:port"),
+    ("receivers.otlp.protocols.grpc.endpoint=", "receivers.otlp.protocols.grpc.endpoint",
+     "expected host:port"),
 ])
 def test_errors_name_the_full_key_path(example: Path, override: str, path: str,
                                        expected: str) -> None:
@@ -122,3 +129,12 @@ def test_default_config_is_valid_and_validate_cli(example: Path) -> None:
     assert bad.returncode == 2
     assert "exporters.file.flush_interval" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_unset_env_without_default_is_a_warning(example: Path) -> None:
+    cfg = load_config(example, environ={})
+    assert cfg.exporters["otlphttp"].headers["Authorization"] == "Bearer "
+    assert any("POSTHOG_API_KEY is not set" in w for w in cfg.warnings)
+    assert load_config(example, environ={"POSTHOG_API_KEY": "k"}).warnings == []
+    # the embedded default marks its optional keys with `:-`, so it warns about nothing
+    assert load_config(None, environ={}).warnings == []
