@@ -178,7 +178,11 @@ async def test_port_in_use_is_an_os_error_naming_the_endpoint(served):
 
 
 async def test_bad_endpoint_is_an_os_error():
-    receiver = OtlpGrpcReceiver("otlp/bad", GrpcServerConfig(endpoint="127.0.0.1:http"),
-                                make_pipeline(RecordingExporter()))
+    # The config model refuses it at load time; a receiver given one anyway still fails
+    # with a clear OSError rather than a traceback.
+    with pytest.raises(ValueError, match="port 'http' is not a number"):
+        GrpcServerConfig(endpoint="127.0.0.1:http")
+    bad = GrpcServerConfig.model_construct(endpoint="127.0.0.1:http", max_recv_msg_size_mib=4)
+    receiver = OtlpGrpcReceiver("otlp/bad", bad, make_pipeline(RecordingExporter()))
     with pytest.raises(OSError, match="port 'http' is not a number"):
         await receiver.start()
