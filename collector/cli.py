@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -34,9 +35,19 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                         " (repeatable; applied after the file)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lipservice")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lipservice", description="OpenTelemetry logs sidecar: "
                                  "pattern mining and per-pattern sampling.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start the sidecar")
     _add_config_args(run)
@@ -57,6 +68,10 @@ def parser() -> argparse.ArgumentParser:
                      help="service.name for plain-text records (default: the file's stem)")
     rep.add_argument("--top", type=int, default=15, metavar="K",
                      help="patterns listed in the report (default 15)")
+    rep.add_argument("--output", default="./lipservice-out/replay.jsonl", metavar="FILE",
+                     help="where kept records go when no -c is given (default "
+                          "./lipservice-out/replay.jsonl); with -c the config's exporters "
+                          "are used")
     return ap
 
 
@@ -84,6 +99,9 @@ def _run(args: argparse.Namespace) -> int:
     from collector.logs import setup_logging
     from collector.service import Service, StartupError
 
+    # Until the service installs its own handlers, SIGTERM means "exit now": nothing has
+    # been accepted yet, so there is nothing to flush.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     config = load(args)
     tel = config.service.telemetry.logs
     setup_logging(tel.level, tel.encoding)
@@ -125,11 +143,17 @@ def _replay(args: argparse.Namespace) -> int:
     from collector.replay import replay
 
     setup_logging("warn")
-    config = load(args)
+    if args.rate is not None and not args.rate > 0:
+        raise ValueError(f"--rate must be a positive number of records/s, got {args.rate:g}")
+    # With the embedded default, replay never sends anywhere: kept records go to a file of
+    # its own (not the one a running sidecar writes), whether POSTHOG_API_KEY is set or not.
+    sets = [] if args.config is not None else [
+        "service.pipelines.logs.exporters=[file]", f"exporters.file.path={args.output}"]
+    config = load(args, sets)
     # --keep-all: every processor that has a dry_run switch annotates instead of dropping.
     if args.keep_all:
-        sets = [f"processors.{name}.dry_run=true"
-                for name, cfg in config.processors.items() if "dry_run" in type(cfg).model_fields]
+        sets += [f"processors.{name}.dry_run=true" for name, cfg in config.processors.items()
+                 if "dry_run" in type(cfg).model_fields]
         config = load(args, sets)
     return asyncio.run(replay(config, args.files, rate=args.rate, service=args.service,
                               top=args.top))
@@ -147,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:  # `lipservice replay … | head`: the reader left; stay quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     except (OSError, ValueError) as err:
         print(f"lipservice: error: {err}", file=sys.stderr)
         code = 1

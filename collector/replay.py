@@ -109,6 +109,13 @@ def read_requests(path: str, service: str | None,
             stream.close()
 
 
+def record_bytes(request: ExportLogsServiceRequest) -> int:
+    """Serialized size of the log records alone (not the resource and scope framing, which
+    depends on how records happen to be batched)."""
+    return sum(r.ByteSize() for rl in request.resource_logs for sl in rl.scope_logs
+               for r in sl.log_records)
+
+
 @dataclass
 class Report:
     """What a replay saw: totals, and per pattern id records kept and dropped."""
@@ -125,7 +132,7 @@ class Report:
         self.records_in += records_in
         self.bytes_in += bytes_in
         self.records_out += len(batch)
-        self.bytes_out += batch.request.ByteSize()
+        self.bytes_out += sum(r.ByteSize() for r in batch.records)
         self.kept.update(batch.pattern_ids)
         self.dropped.update(batch.dropped_pattern_ids)
         for pid, template in zip(batch.pattern_ids, batch.templates, strict=True):
@@ -147,7 +154,8 @@ class Report:
         ]
         totals = self.kept + self.dropped
         for pid, n in totals.most_common(top):
-            template = self.templates.get(pid, "")
+            template = "".join(c if c.isprintable() else f"\\x{ord(c):02x}"
+                               for c in self.templates.get(pid, ""))
             if len(template) > 100:
                 template = template[:97] + "..."
             lines.append(f"{pid or '(none)':<16}  {n:>9,}  {self.kept[pid]:>9,}  "
@@ -171,7 +179,7 @@ async def replay(config: Config, files: list[str], rate: float | None = None,
         for path in files:
             for request, nbytes in read_requests(path, service, batch_size):
                 n = count_records(request)
-                bytes_in = request.ByteSize()
+                bytes_in = record_bytes(request)
                 while not pipeline.has_room(n, bytes_in):  # backpressure from the exporters
                     await asyncio.sleep(0.01)
                 batch = pipeline.process(request)
@@ -187,7 +195,22 @@ async def replay(config: Config, files: list[str], rate: float | None = None,
             progress.close()
         await pipeline.shutdown(timeout=60.0)
     print(report.render(top))
+    print(_destinations(config), file=sys.stderr)
     return 0
+
+
+def _destinations(config: Config) -> str:
+    """One line saying where the kept records went."""
+    from collector.config import FileExporterConfig
+
+    parts = []
+    for name in config.service.pipelines.logs.exporters:
+        cfg = config.exporters[name]
+        if isinstance(cfg, FileExporterConfig):
+            parts.append(f"{name} → {Path(cfg.path).resolve()}")
+        else:
+            parts.append(name)
+    return "kept records exported to: " + ", ".join(parts)
 
 
 class _Bar:

@@ -107,3 +107,35 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     proc, _ = replay(tmp_path, str(tmp_path / "nope.log"))
     assert proc.returncode == 1
     assert "nope.log" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_default_config_replay_never_exports_to_posthog(tmp_path: Path) -> None:
+    """With no -c, replay writes to its own file even when POSTHOG_API_KEY is set."""
+    from tests.sinks import HttpSink
+
+    with HttpSink() as sink:
+        proc = subprocess.run(
+            [sys.executable, "-m", "collector", "replay", "--service", "jobs", "-"],
+            input="\n".join(f"INFO job {i} done" for i in range(200)), capture_output=True,
+            text=True, timeout=120, cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(REPO), "POSTHOG_API_KEY": "phc_test_key",
+                 "POSTHOG_HOST": sink.endpoint, "LIPSERVICE_STORAGE": str(tmp_path / "st")})
+        assert proc.returncode == 0, proc.stderr
+        out = tmp_path / "lipservice-out" / "replay.jsonl"
+        assert exported_records(out)
+        assert str(out) in proc.stderr  # it says where the records went
+        assert sink.requests == []
+
+
+def test_bytes_in_do_not_depend_on_batching_and_rate_must_be_positive(tmp_path: Path) -> None:
+    text = "\n".join(f"WARN disk {i % 7} at {i}% on node-{i % 13}" for i in range(500))
+    seen = set()
+    for rate in ("10", "100000"):
+        d = tmp_path / rate
+        d.mkdir()
+        proc, _ = replay(d, "--rate", rate, "-", stdin=text)
+        assert proc.returncode == 0, proc.stderr
+        seen.add(proc.stdout.splitlines()[1].split("out")[0])  # "bytes    in N"
+    assert len(seen) == 1, seen
+    proc, _ = replay(tmp_path, "--rate", "0", "-", stdin=text)
+    assert proc.returncode == 1 and "--rate must be a positive" in proc.stderr
