@@ -106,6 +106,9 @@ def same_rates(a: Policy, b: Policy, tolerance: float = UNCHANGED_TOLERANCE) -> 
             and all(close(r, b.family_rates[k]) for k, r in a.family_rates.items()))
 
 
+RATE_MAPS = ("severity_rates", "pattern_rates", "family_rates")
+
+
 class ControlLoop:
     """The loop for one sampling processor (module docstring).
 
@@ -211,11 +214,23 @@ class ControlLoop:
                        ) -> tuple[Verdict, StoredPolicy | None]:
         """An operator's policy for ``scope`` (the API's POST): the given fields replace
         those in force (``version``, ``created_at``, ``generated_by``, ``llm_model`` are
-        ignored), through the guardrails; applied and held when accepted."""
+        ignored); the rate maps (``severity_rates``, ``pattern_rates``, ``family_rates``)
+        are merged key by key, a ``null`` rate removing its key. Then the guardrails;
+        applied and held when accepted."""
         async with self._lock:
             current = self.in_force(scope)
             doc = current.to_document()
-            doc.update({k: v for k, v in document.items() if k not in META_FIELDS})
+            for key, value in document.items():
+                if key in META_FIELDS:
+                    continue
+                if key in RATE_MAPS and isinstance(value, Mapping) and \
+                        isinstance(doc.get(key), Mapping):
+                    merged = {**doc[key], **value}
+                    doc[key] = {k: v for k, v in merged.items() if v is not None}
+                else:
+                    doc[key] = value
+            if "reasoning" not in document:
+                doc["reasoning"] = "operator override"
             doc["generated_by"] = "operator"
             doc["llm_model"] = None
             snap = (await asyncio.to_thread(self._snapshot, scope, False)

@@ -160,6 +160,17 @@ async def test_operator_override_goes_through_validation_and_guardrails(api, cap
     assert policy.pattern_rates == {CACHE: 0.005}  # 0.02 / 4
     assert TOKEN not in caplog.text
 
+    # a partial update merges the rate maps key by key; null removes a key
+    before = dict(policy.severity_rates)
+    status, body = await api.call("POST", path, headers=AUTH,
+                                  json={"severity_rates": {"INFO": 0.06},
+                                        "pattern_rates": {CACHE: None}})
+    assert status == 200, body
+    policy = api.sampler.policy(SVC)
+    assert policy.severity_rates == {**before, "INFO": 0.06}
+    assert policy.pattern_rates == {}
+    assert policy.reasoning == "operator override"
+
 
 async def test_refresh_runs_the_loop_now_even_over_a_hold(api):
     await api.call("POST", f"/api/v1/policies/{SVC}", headers=AUTH,
