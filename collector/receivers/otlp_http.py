@@ -43,6 +43,15 @@ _CHUNK = 64 * 1024
 _COMPRESSED_SLACK = 64 * 1024
 
 
+async def _logs_only(request: web.Request) -> web.Response:
+    """Apps that set OTEL_EXPORTER_OTLP_ENDPOINT send traces and metrics here too: say why
+    they are not taken and what to do, instead of a bare 404."""
+    return web.Response(status=404, text=(
+        f"{request.path}: this sidecar receives OTLP logs only (POST {LOGS_PATH}). Point only "
+        "the logs exporter here (OTEL_EXPORTER_OTLP_LOGS_ENDPOINT), or turn the others off "
+        "(OTEL_TRACES_EXPORTER=none, OTEL_METRICS_EXPORTER=none).\n"))
+
+
 class OtlpHttpReceiver:
     """OTLP/HTTP receiver feeding ``pipeline.consume``.
 
@@ -77,6 +86,8 @@ class OtlpHttpReceiver:
                                      f"{self.config.endpoint}: {reason}") from None
         app = web.Application()
         app.router.add_route("*", LOGS_PATH, self._handle)
+        for other in ("/v1/traces", "/v1/metrics", "/v1development/profiles"):
+            app.router.add_route("*", other, _logs_only)
         # auto_decompress=False: the body is decompressed here, under the size limit.
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                auto_decompress=False, shutdown_timeout=5.0)

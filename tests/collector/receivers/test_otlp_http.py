@@ -236,6 +236,15 @@ async def test_wrong_method_is_405(served, method):
     await served.assert_still_serves()
 
 
+@pytest.mark.parametrize("path", ["/v1/traces", "/v1/metrics"])
+async def test_traces_and_metrics_get_a_404_that_says_logs_only(served, path):
+    url = served.url.replace("/v1/logs", path)
+    async with served.session.post(url, data=b"x") as resp:
+        assert resp.status == 404
+        assert "logs only" in await resp.text()
+    await served.assert_still_serves()
+
+
 async def test_content_length_over_the_limit_is_413_before_reading(served):
     reader, writer = await asyncio.open_connection("127.0.0.1", served.receiver.port)
     writer.write(b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf"
