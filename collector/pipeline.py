@@ -54,12 +54,18 @@ class Pipeline:
     """Processors in order, then every exporter queue.
 
     processors: (name, processor) pairs, run in order; queues: one per exporter;
-    clock: seconds since the epoch (replay passes a virtual clock).
+    clock: seconds since the epoch (replay passes a virtual clock). A processor with a
+    ``bind_upstream(processors)`` method is given, once, the processors that run before it
+    (the clustering processor reads the signature processor's pattern aliases that way).
     """
 
     def __init__(self, processors: list[tuple[str, Any]], queues: list[ExportQueue],
                  clock: Callable[[], float] = time.time) -> None:
         self.processors = processors
+        for i, (_, proc) in enumerate(processors):
+            bind = getattr(proc, "bind_upstream", None)
+            if callable(bind):
+                bind([p for _, p in processors[:i]])
         self.queues = queues
         self.clock = clock
         self._in = [metrics.PROCESSOR_IN.labels(n, "logs") for n, _ in processors]
