@@ -66,13 +66,19 @@ class Pipeline:
 
     processors: (name, processor) pairs, run in order; a processor with a
     ``check_admission() -> Refused | None`` method (the memory limiter) is also asked before
-    each request is accepted. queues: one per exporter; clock: seconds since the epoch
-    (replay passes a virtual clock).
+    each request is accepted, and one with a ``bind_upstream(processors)`` method is given,
+    once, the processors that run before it (the clustering processor reads the signature
+    processor's pattern aliases that way). queues: one per exporter; clock: seconds since
+    the epoch (replay passes a virtual clock).
     """
 
     def __init__(self, processors: list[tuple[str, Any]], queues: list[ExportQueue],
                  clock: Callable[[], float] = time.time) -> None:
         self.processors = processors
+        for i, (_, proc) in enumerate(processors):
+            bind = getattr(proc, "bind_upstream", None)
+            if callable(bind):
+                bind([p for _, p in processors[:i]])
         self.queues = queues
         self.clock = clock
         self.admission = [p for _, p in processors if hasattr(p, "check_admission")]

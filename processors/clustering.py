@@ -1,19 +1,38 @@
 """Clustering processor: groups templates into pattern families (DESIGN.md §What it is, step 3).
 
-Templates of one event often differ in small ways (a variable the miner left unmasked, case,
-punctuation; with a larger ``eps`` also ``Connection from <*> closed`` and ``Connection from
-<*> closed after <*> ms``). A *family* is a group of such templates; sampling policies, the
-control loop and the admin API can work on families instead of thousands of raw templates.
-The default ``eps`` is tight on purpose: on Loghub it repairs over-split templates without
-merging events the ground truth keeps apart (docs/clustering.md §Tuning, docs/BENCHMARKS.md).
+A *family* is a group of templates that are one event written in ways the signature miner
+cannot unify; sampling policies, the control loop and the admin API can work on families
+instead of thousands of raw templates, and over-split templates share one budget. What
+counts as one family (docs/clustering.md §What a family is; measured in docs/BENCHMARKS.md):
+
+- templates that differ only in **digits** (``slot U01``/``slot U11``, ``bglio91``/
+  ``bglio716``: what a miner left unmasked inside a token);
+- a template and its **instances**: same token count, and at every position the tokens are
+  equal or the general template's token, read as a pattern in which ``<*>`` stands for one
+  or more characters, matches (``chdir(<*>)`` / ``chdir(pwd)``, ``<*>|<*>|<*>`` /
+  ``<*>|com.x|<*>``); the miner compares whole tokens, so it keeps these apart;
+- templates whose TF-IDF vectors are within cosine distance ``eps`` (different token
+  counts of one event, such as a repeated group; a larger ``eps`` also takes optional
+  suffixes such as ``Connection from <*> closed`` / ``... closed after <*> ms``);
+- a pattern id the signature processor later merged into another (an *alias*) follows the
+  id it was merged into, when the pipeline runs the signature processor before this one.
+
+Never one family by similarity alone: **siblings**, templates with the same token count
+whose literal tokens conflict at some position (``... via HTTPS established`` / ``... via
+SOCKS5 established``; neither token matches the other): the miner keeps such messages
+apart on purpose until it has seen enough values to call the position a variable, and then
+merges them itself (their ids become aliases, which families follow). Letter case and
+punctuation also separate families (``ICONS``/``icons``, ``on:<*>``/``on: <*>``).
 
 How: in the background, the current templates (the top ``max_templates`` by volume) are
-vectorised with scikit-learn's ``TfidfVectorizer`` (word tokens, ``<*>`` kept as a token,
-digits and punctuation dropped; or character n-grams) and clustered with ``DBSCAN``
-(cosine distance, ``eps``, ``min_samples``). A template in no cluster is a family of its own.
-Between runs, a template seen for the first time joins the family of its nearest clustered
-template when that one is within ``eps`` (computed once per new template and cached), else
-it is a family of its own.
+vectorised with scikit-learn's ``TfidfVectorizer`` (whitespace tokens, ``<*>`` a token of
+its own, runs of digits read as ``0``, case kept; or character n-grams of that text). Pairs
+within ``eps`` (cosine distance) form a sparse graph; edges between siblings are dropped
+(``separate_siblings``) and instance links are added (``link_instances``); ``DBSCAN``
+(``min_samples``, metric precomputed) clusters the graph. A template in no cluster is a
+family of its own. Between runs, a template seen for the first time joins the family of its
+nearest clustered template when that one is within ``eps`` and not a sibling of it (computed
+once per new template and cached), else it is a family of its own.
 
 Family id rule (stable across runs and restarts): a family's id is the pattern id of its
 **oldest member**, the member first seen by this processor (first-seen order is kept in
@@ -36,10 +55,12 @@ setting                default      meaning
 =====================  ===========  ==========================================================
 interval               ``5m``       re-cluster this often (when a new template was seen since)
 min_new_templates      ``100``      ... or as soon as this many new templates were seen
-eps                    ``0.01``     DBSCAN radius, cosine distance in (0, 1]
+eps                    ``0.02``     DBSCAN radius, cosine distance in (0, 1]
 min_samples            ``2``        DBSCAN core-point size (a template counts itself)
-analyzer               ``word``     ``word`` (tokens) or ``char_wb`` (character n-grams)
+analyzer               ``word``     ``word`` (whitespace tokens) or ``char_wb`` (n-grams)
 ngram_range            ``null``     n-gram sizes [min, max]; null = [1, 2] words, [3, 5] chars
+separate_siblings      ``true``     never link siblings by similarity (see above)
+link_instances         ``true``     link a template to its instances whatever ``eps``
 max_templates          ``20000``    cap on templates per run (the top ones by volume)
 max_tracked_templates  ``50000``    cap on templates remembered (least volume forgotten)
 max_run_duration       ``5m``       a run taking longer is abandoned (previous families stay)
@@ -53,10 +74,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,13 +91,16 @@ from processors.base import ATTR_FAMILY, LogBatch
 
 log = logging.getLogger("lipservice.clustering")
 
-# Word tokens: the wildcard, or a run of letters (digits, underscores and punctuation split
-# tokens and are dropped, so an unmasked number or id does not make two templates differ).
-WORD_TOKEN_PATTERN = r"<\*>|[^\W\d_]+"
+VAR = "<*>"  # the wildcard of the signature processor's templates
+WORD_TOKEN_PATTERN = r"\S+"  # tokens as the miner splits them; <*> and punctuation kept
+_DIGIT_RUN = re.compile(r"\d+")
 MAX_NEIGHBORS = 32  # per template in the eps-graph handed to DBSCAN (bounds memory at n*32)
+MAX_INSTANCE_CANDIDATES = 256  # templates checked per general template (bounds the links)
 CHUNK_BYTES = 16 * 1024 * 1024  # similarity block per step of the graph computation
 MAX_TEMPLATE_CHARS = 2000  # of each template, vectorised (bounds the TF-IDF matrix)
 SNAPSHOT_VERSION = 1
+
+Tokens = tuple[str, ...]
 
 
 class Config(StrictModel):
@@ -83,10 +108,12 @@ class Config(StrictModel):
 
     interval: Duration = Field(300.0, gt=0, description="seconds between runs")
     min_new_templates: int = Field(100, ge=1)
-    eps: float = Field(0.01, gt=0, le=1, description="DBSCAN radius (cosine distance)")
+    eps: float = Field(0.02, gt=0, le=1, description="DBSCAN radius (cosine distance)")
     min_samples: int = Field(2, ge=1)
     analyzer: Literal["word", "char_wb"] = "word"
     ngram_range: tuple[int, int] | None = None
+    separate_siblings: bool = True
+    link_instances: bool = True
     max_templates: int = Field(20_000, ge=1)
     max_tracked_templates: int = Field(50_000, ge=1)
     max_run_duration: Duration = Field(300.0, gt=0)
@@ -110,6 +137,58 @@ class RunTimeout(Exception):
     """A clustering run went past ``max_run_duration``."""
 
 
+# --------------------------------------------------------------------------- tokens
+
+
+def normalise(template: str) -> str:
+    """The text families compare: ``template`` with every run of digits read as ``0``
+    (case, punctuation and ``<*>`` kept)."""
+    return _DIGIT_RUN.sub("0", template)
+
+
+def tokens_of(template: str) -> Tokens:
+    """Whitespace tokens of the normalised template (the miner's token positions)."""
+    return tuple(normalise(template).split())
+
+
+def token_matches(pattern: str, token: str) -> bool:
+    """True when ``pattern`` (a token holding ``<*>``, each standing for one or more
+    characters) matches the whole ``token``; a token without ``<*>`` matches only itself.
+    Greedy leftmost search of the literal parts: linear in the token, no regex."""
+    parts = pattern.split(VAR)
+    if len(parts) == 1:
+        return pattern == token
+    head, tail = parts[0], parts[-1]
+    if not token.startswith(head) or not token.endswith(tail):
+        return False
+    pos, end = len(head), len(token) - len(tail)
+    for part in parts[1:-1]:
+        at = token.find(part, pos + 1, end)  # the <*> before it takes >= 1 character
+        if at < 0:
+            return False
+        pos = at + len(part)
+    return end - pos >= 1  # the last <*> takes >= 1 character
+
+
+def siblings(a: Tokens, b: Tokens) -> bool:
+    """True when ``a`` and ``b`` have the same token count and conflict at some position:
+    the tokens differ and neither matches the other (``HTTPS``/``SOCKS5``; not
+    ``<*>``/``pwd`` nor ``chdir(<*>)``/``chdir(pwd)``)."""
+    if len(a) != len(b):
+        return False
+    return any(x != y and not token_matches(x, y) and not token_matches(y, x)
+               for x, y in zip(a, b, strict=True))
+
+
+def is_instance(general: Tokens, specific: Tokens) -> bool:
+    """True when ``specific`` is an instance of ``general``: same token count, ``general``
+    has a literal token (one without ``<*>``), and at every position the tokens are equal
+    or ``general``'s token matches ``specific``'s."""
+    if len(general) != len(specific) or all(VAR in t for t in general):
+        return False
+    return all(g == s or token_matches(g, s) for g, s in zip(general, specific, strict=True))
+
+
 # --------------------------------------------------------------------------- the run
 # Pure functions of plain data, so a run can go to a child process.
 
@@ -117,42 +196,48 @@ class RunTimeout(Exception):
 @dataclass
 class RunInput:
     """What one clustering run sees. Lists are aligned; ``first_seen`` orders age (smaller is
-    older); ``previous`` is each template's family before the run."""
+    older); ``previous`` is each template's family before the run; ``follows`` maps a pattern
+    id the signature processor merged (an alias) to the id it was merged into, both in
+    ``pattern_ids``: such a row is not vectorised and takes the other's family."""
 
     pattern_ids: list[str]
     templates: list[str]
     first_seen: list[int]
     previous: list[str]
     config: Config
+    follows: dict[str, str] = field(default_factory=dict)
     hook: Callable[[], None] | None = None  # test hook, called after vectorising
 
 
 @dataclass
 class RunOutput:
     """A completed run: family per clustered pattern id, aliases of families merged away
-    (old id → id that absorbed it), and the model new templates join against."""
+    (old id → id that absorbed it), and the model new templates join against (one row per
+    vectorised template: its family and tokens)."""
 
     assign: dict[str, str]
     aliases: dict[str, str]
     vectorizer: Any  # fitted TfidfVectorizer (None when no template had a token)
-    matrix: Any  # scipy CSR, one L2-normalised row per clustered template (or None)
+    matrix: Any  # scipy CSR, one L2-normalised row per vectorised template (or None)
     row_families: list[str]
     n_families: int
+    row_tokens: list[Tokens] = field(default_factory=list)
     duration: float = 0.0
     transposed: Any = None  # matrix.T as CSR, made once by the parent before use
 
 
 def make_vectorizer(config: Config) -> Any:
-    """An unfitted TfidfVectorizer for ``config``'s analyzer (L2-normalised rows, so the dot
-    product of two rows is their cosine similarity)."""
+    """An unfitted TfidfVectorizer for ``config``'s analyzer over :func:`normalise`-d text
+    (L2-normalised rows, so the dot product of two rows is their cosine similarity)."""
     import numpy as np
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     if config.analyzer == "word":
-        return TfidfVectorizer(token_pattern=WORD_TOKEN_PATTERN, lowercase=True,
-                               ngram_range=config.ngrams(), sublinear_tf=True, dtype=np.float32)
-    return TfidfVectorizer(analyzer="char_wb", lowercase=True, ngram_range=config.ngrams(),
-                           sublinear_tf=True, dtype=np.float32)
+        return TfidfVectorizer(token_pattern=WORD_TOKEN_PATTERN, preprocessor=normalise,
+                               lowercase=False, ngram_range=config.ngrams(), sublinear_tf=True,
+                               dtype=np.float32)
+    return TfidfVectorizer(analyzer="char_wb", preprocessor=normalise, lowercase=False,
+                           ngram_range=config.ngrams(), sublinear_tf=True, dtype=np.float32)
 
 
 def neighbour_graph(matrix: Any, eps: float, deadline: float | None = None,
@@ -195,44 +280,115 @@ def neighbour_graph(matrix: Any, eps: float, deadline: float | None = None,
     return sparse.csr_matrix((d[first], (r[first], c[first])), shape=(n, n))
 
 
-def cluster_run(job: RunInput) -> RunOutput:
-    """Vectorise and cluster ``job``'s templates; name each family after its oldest member.
+def drop_siblings(graph: Any, tokens: Sequence[Tokens], deadline: float | None = None) -> Any:
+    """``graph`` (symmetric CSR, n × n) without the edges between :func:`siblings`.
+    Raises RunTimeout past ``deadline``."""
+    import numpy as np
 
-    Raises RunTimeout past ``config.max_run_duration``. Pure: no state outside ``job``.
-    """
+    coo = graph.tocoo()
+    keep = np.ones(coo.nnz, dtype=bool)
+    for k, (i, j) in enumerate(zip(coo.row.tolist(), coo.col.tolist(), strict=True)):
+        if k % 65536 == 0 and deadline is not None and time.monotonic() > deadline:
+            raise RunTimeout(f"stopped after checking {k} of {coo.nnz} links for siblings")
+        if len(tokens[i]) == len(tokens[j]) and siblings(tokens[i], tokens[j]):
+            keep[k] = False
+    if keep.all():
+        return graph
+    from scipy import sparse
+
+    return sparse.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=coo.shape)
+
+
+def instance_links(tokens: Sequence[Tokens], deadline: float | None = None,
+                   max_candidates: int = MAX_INSTANCE_CANDIDATES) -> list[tuple[int, int]]:
+    """(general, instance) row pairs (:func:`is_instance`). Candidates for a general
+    template come from an index of (token count, position, literal token): those sharing
+    its rarest literal token, at most ``max_candidates`` of them. Raises RunTimeout past
+    ``deadline``."""
+    index: dict[tuple[int, int, str], list[int]] = {}
+    for i, toks in enumerate(tokens):
+        n = len(toks)
+        for k, tok in enumerate(toks):
+            if VAR not in tok:
+                index.setdefault((n, k, tok), []).append(i)
+    links = []
+    for g, toks in enumerate(tokens):
+        if g % 256 == 0 and deadline is not None and time.monotonic() > deadline:
+            raise RunTimeout(f"stopped after looking for instances of {g} of {len(tokens)}")
+        wild = [k for k, tok in enumerate(toks) if VAR in tok]
+        if not wild or len(wild) == len(toks):
+            continue
+        n = len(toks)
+        candidates = min((index[(n, k, tok)] for k, tok in enumerate(toks) if VAR not in tok),
+                         key=len)
+        for s in candidates[:max_candidates]:
+            if s != g and is_instance(toks, tokens[s]):
+                links.append((g, s))
+    return links
+
+
+def cluster_run(job: RunInput) -> RunOutput:
+    """Vectorise and cluster ``job``'s templates (module docstring); name each family after
+    its oldest member. Raises RunTimeout past ``config.max_run_duration``. Pure: no state
+    outside ``job``."""
+    import numpy as np
+    from scipy import sparse
     from sklearn.cluster import DBSCAN
 
     started = time.monotonic()
     cfg = job.config
     deadline = started + cfg.max_run_duration
+    pids = job.pattern_ids
+    rows = [i for i, p in enumerate(pids) if p not in job.follows]  # rows vectorised
+    texts = [job.templates[i] for i in rows]
     vectorizer: Any = make_vectorizer(cfg)
     try:
-        matrix: Any = vectorizer.fit_transform(job.templates).tocsr()
+        matrix: Any = vectorizer.fit_transform(texts).tocsr()
     except ValueError:  # empty vocabulary: no template has a token (e.g. all empty)
         vectorizer = matrix = None
     if job.hook is not None:
         job.hook()
+    tokens = [tokens_of(t) for t in texts]
+    m = len(rows)
     if matrix is None:
-        labels = [-1] * len(job.pattern_ids)  # each template a family of its own
+        graph = sparse.csr_matrix((m, m))
     else:
         graph = neighbour_graph(matrix, cfg.eps, deadline)
+    if cfg.separate_siblings and graph.nnz:
+        graph = drop_siblings(graph, tokens, deadline)
+    if cfg.link_instances:
+        links = instance_links(tokens, deadline)
+        if links:
+            r, c = np.array(links).T
+            g = graph.tocoo()
+            # Links are stored zeros (distance 0: DBSCAN counts them as neighbours); a link
+            # that is also a similarity edge sums to that edge's distance, still <= eps.
+            graph = sparse.csr_matrix(
+                (np.r_[g.data, np.zeros(2 * len(links))],
+                 (np.r_[g.row, r, c], np.r_[g.col, c, r])), shape=(m, m))
+    if graph.nnz:
         labels = DBSCAN(eps=cfg.eps, min_samples=cfg.min_samples,
                         metric="precomputed").fit(graph).labels_.tolist()
+    else:
+        labels = [-1] * m
 
-    # Family id of each cluster: the pattern id of its oldest member.
+    # Group of every job row: its cluster, else itself; a follower takes its target's.
+    group: dict[str, int] = {}
+    for k, (i, label) in enumerate(zip(rows, labels, strict=True)):
+        group[pids[i]] = label if label >= 0 else -2 - k
+    for p, target in job.follows.items():
+        group[p] = group[target]
+    # Family id of each group: the pattern id of its oldest member.
     oldest: dict[int, int] = {}
-    for i, label in enumerate(labels):
-        if label >= 0:
-            j = oldest.get(label)
-            if j is None or (job.first_seen[i], job.pattern_ids[i]) < (
-                    job.first_seen[j], job.pattern_ids[j]):
-                oldest[label] = i
-    row_families = [job.pattern_ids[oldest[lab]] if lab >= 0 else pid
-                    for pid, lab in zip(job.pattern_ids, labels, strict=True)]
-    assign = dict(zip(job.pattern_ids, row_families, strict=True))
+    for i, p in enumerate(pids):
+        g = group[p]
+        j = oldest.get(g)
+        if j is None or (job.first_seen[i], p) < (job.first_seen[j], pids[j]):
+            oldest[g] = i
+    assign = {p: pids[oldest[group[p]]] for p in pids}
     return RunOutput(assign=assign, aliases=merged_aliases(job, assign), vectorizer=vectorizer,
-                     matrix=matrix, row_families=row_families,
-                     n_families=len(set(row_families)),
+                     matrix=matrix, row_families=[assign[pids[i]] for i in rows],
+                     row_tokens=tokens, n_families=len(set(assign.values())),
                      duration=time.monotonic() - started)
 
 
@@ -248,9 +404,11 @@ def merged_aliases(job: RunInput, assign: dict[str, str]) -> dict[str, str]:
             for old, votes in moved.items()}
 
 
-def nearest_families(out: RunOutput, templates: list[str], eps: float) -> list[str | None]:
+def nearest_families(out: RunOutput, templates: list[str], eps: float,
+                     separate_siblings: bool = True) -> list[str | None]:
     """For each template, the family of its nearest clustered template within cosine
-    distance ``eps`` in ``out``'s model, or None."""
+    distance ``eps`` in ``out``'s model, or None (also when that template is a sibling of
+    it and ``separate_siblings``)."""
     import numpy as np
 
     if not templates or out.matrix is None or out.matrix.shape[0] == 0:
@@ -265,8 +423,12 @@ def nearest_families(out: RunOutput, templates: list[str], eps: float) -> list[s
         sims = (query[start:start + step] @ transposed).toarray()
         best = sims.argmax(axis=1)
         top = sims[np.arange(len(best)), best]
-        result.extend(out.row_families[b] if s >= 1.0 - eps else None
-                      for b, s in zip(best.tolist(), top.tolist(), strict=True))
+        for k, (b, s) in enumerate(zip(best.tolist(), top.tolist(), strict=True)):
+            near = s >= 1.0 - eps and not (
+                separate_siblings and out.row_tokens
+                and siblings(tokens_of(templates[start + k][:MAX_TEMPLATE_CHARS]),
+                             out.row_tokens[b]))
+            result.append(out.row_families[b] if near else None)
     return result
 
 
@@ -340,16 +502,34 @@ Entry = tuple[str, LogRecord]  # (family id, a record carrying only its attribut
 
 def build_job(entries: dict[str, Entry], templates: dict[str, str], volumes: dict[str, int],
               first_seen: dict[str, int], config: Config,
-              hook: Callable[[], None] | None = None) -> RunInput:
+              hook: Callable[[], None] | None = None,
+              pattern_aliases: dict[str, str] | None = None) -> RunInput:
     """A run's input from copies of the processor's maps: the top ``max_templates``
-    templates by volume (ties: older first), each cut to ``MAX_TEMPLATE_CHARS``."""
-    pids = [p for p in templates if p in entries]
+    templates by volume (ties: older first), each cut to ``MAX_TEMPLATE_CHARS``.
+
+    pattern_aliases: merged pattern id → surviving id (the signature processor's map). A
+    tracked id merged into a tracked one is not vectorised: it *follows* the survivor when
+    the survivor is in the run (else it keeps its family)."""
+    aliases = pattern_aliases or {}
+    followers = {}
+    for p, s in aliases.items():
+        for _ in range(8):  # the miner flattens chains; a copy taken mid-merge may not be
+            if s not in aliases or aliases[s] == s:
+                break
+            s = aliases[s]
+        if p != s and p in entries and s in entries and p in templates and s in templates:
+            followers[p] = s
+    pids = [p for p in templates if p in entries and p not in followers]
     if len(pids) > config.max_templates:
         pids.sort(key=lambda p: (-volumes.get(p, 0), first_seen.get(p, 0), p))
         del pids[config.max_templates:]
+    chosen = set(pids)
+    follows = {p: s for p, s in followers.items() if s in chosen}
+    pids.extend(follows)
     return RunInput(pattern_ids=pids, templates=[templates[p][:MAX_TEMPLATE_CHARS] for p in pids],
                     first_seen=[first_seen.get(p, 0) for p in pids],
-                    previous=[entries[p][0] for p in pids], config=config, hook=hook)
+                    previous=[entries[p][0] for p in pids], config=config, follows=follows,
+                    hook=hook)
 
 
 def resolve_aliases(aliases: dict[str, str], live: set[str], cap: int) -> dict[str, str]:
@@ -412,6 +592,29 @@ class ClusteringProcessor:
         self._runner: _ProcessRunner | None = None
         self._stats = _Stats()
         self._closed = False
+        self._alias_source: Any = None  # upstream processor with pattern ``aliases``
+
+    def bind_upstream(self, processors: Sequence[Any]) -> None:
+        """Called once by the pipeline with the processors that run before this one: the
+        nearest with ``resolve`` and ``aliases`` (the signature processor) becomes the
+        source of pattern aliases, so a merged pattern id follows the id it was merged into
+        (module docstring). Without one, ids are clustered as they come."""
+        for proc in reversed(processors):
+            if callable(getattr(proc, "resolve", None)) and hasattr(proc, "aliases"):
+                self._alias_source = proc
+                return
+
+    def _pattern_aliases(self) -> dict[str, str]:
+        """A copy of the upstream pattern alias map (merged id → surviving id), or {}.
+        One C-level dict copy, taken by the run's worker, never on the hot path."""
+        source = self._alias_source
+        if source is None:
+            return {}
+        try:
+            return dict(source.aliases)
+        except Exception:  # noqa: BLE001 - families without aliases are still valid
+            log.exception("reading pattern aliases from %s failed", type(source).__name__)
+            return {}
 
     # ------------------------------------------------------------------ hot path
 
@@ -458,7 +661,7 @@ class ClusteringProcessor:
         if self._model is not None and new:
             try:
                 joined = nearest_families(self._model, [self._templates[p] for p in new],
-                                          self.config.eps)
+                                          self.config.eps, self.config.separate_siblings)
             except Exception:  # noqa: BLE001 - a family of its own is always valid
                 log.exception("joining %d new templates to families failed", len(new))
         seq = self._seq
@@ -535,7 +738,8 @@ class ClusteringProcessor:
         outcome = "error"
         n = 0
         try:
-            job = build_job(entries, templates, volumes, first_seen, self.config, self.hook)
+            job = build_job(entries, templates, volumes, first_seen, self.config, self.hook,
+                            self._pattern_aliases())
             n = len(job.pattern_ids)
             if self.config.executor == "process":
                 if self._runner is None:

@@ -114,6 +114,24 @@ async def test_processors_run_in_order_and_fail_open() -> None:
                for sl in rl.scope_logs for r in sl.log_records)
 
 
+class Binding(Tag):
+    """A processor that wants to see the processors before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.upstream: list[list[object]] = []
+
+    def bind_upstream(self, processors: list[object]) -> None:
+        self.upstream.append(list(processors))
+
+
+def test_bind_upstream_gets_the_processors_before_it_once() -> None:
+    tag, first, second = Tag(), Binding(), Binding()
+    Pipeline([("first", first), ("tag", tag), ("second", second)], [])
+    assert first.upstream == [[]]
+    assert second.upstream == [[first, tag]]
+
+
 async def test_full_queue_refuses_before_accepting() -> None:
     sink = Collecting()
     q = ExportQueue(sink, SendingQueueConfig(queue_size=5, num_consumers=1))

@@ -27,10 +27,10 @@ from processors.clustering import (
     neighbour_graph,
 )
 
-# Over-splits of one event (they differ only in what a miner may leave unmasked: a number,
-# letter case, punctuation) and distinct events.
+# Over-splits of one event (CONN_B is an instance of CONN_A: ``<*>`` matches ``<*>:<*>``;
+# the WORKER templates differ only in an unmasked number) and distinct events.
 CONN_A = "Connection from <*> closed"
-CONN_B = "connection from <*> closed."
+CONN_B = "Connection from <*>:<*> closed"
 WORKER_A = "worker 3 started job <*>"
 WORKER_B = "worker 7 started job <*>"
 WORKER_C = "worker 12 started job <*>"
@@ -170,7 +170,7 @@ def test_merged_family_keeps_the_older_id_and_lists_the_other_as_alias() -> None
     proc.run_now(2.0)
     assert proc.family_of(pid(session)) == pid(session)
     # The miner later generalises that pattern's template (same pattern id, new text).
-    proc.process(make_batch(["user <*> logged in"], now=3.0, ids=[pid(session)]))
+    proc.process(make_batch(["User <*> logged <*>"], now=3.0, ids=[pid(session)]))
     proc.run_now(4.0)
     assert proc.family_of(pid(session)) == pid(LOGIN)
     (family,) = proc.families()
@@ -193,6 +193,158 @@ def test_families_as_plain_data() -> None:
     assert fams[1]["family"] == pid(DISK) and fams[1]["volume"] == 1
     assert len(proc.families(limit=1)) == 1
     assert len(proc.families(max_members=1)[0]["members"]) == 1
+
+
+# --------------------------------------------------------------------------- what a family is
+# Regression for the Loghub runs with the real signature processor (docs/clustering.md §What
+# a family is): families must repair over-splits and never merge distinct events.
+
+HTTPS = "Connection via HTTPS established"
+SOCKS = "Connection via SOCKS5 established"
+CLOSED = "Connection from <*> closed"
+CLOSED_AFTER = "Connection from <*> closed after <*> ms"
+
+
+def families_of(templates: list[str], **overrides: Any) -> dict[str, str | None]:
+    """Family of each template after one run over all of them (one batch each, in order)."""
+    proc = quiet(**overrides)
+    for i, t in enumerate(templates):
+        proc.process(make_batch([t], now=float(i)))
+    proc.run_now(float(len(templates)))
+    return {t: proc.family_of(pid(t)) for t in templates}
+
+
+@pytest.mark.parametrize("eps", [0.02, 0.5, 1.0])
+def test_siblings_are_never_one_family_whatever_eps(eps: float) -> None:
+    # Same token count, a conflicting literal: the miner keeps these apart on purpose.
+    templates = [HTTPS, SOCKS, "Starting the TrustedInstaller main loop.",
+                 "Ending the TrustedInstaller main loop."]
+    fam = families_of(templates, eps=eps)
+    assert len(set(fam.values())) == 4, fam
+    # The guard is what keeps them apart: without it, eps 1 puts each pair together.
+    if eps == 1.0:
+        unguarded = families_of(templates, eps=eps, separate_siblings=False)
+        assert unguarded[HTTPS] == unguarded[SOCKS]
+        assert unguarded[templates[2]] == unguarded[templates[3]]
+
+
+def test_optional_suffix_variants_are_apart_by_default_and_together_with_a_larger_eps() -> None:
+    # Loghub's truth counts such pairs as distinct events ("detected and corrected" /
+    # "... over <*> seconds"), so the default keeps them apart; an operator may widen eps.
+    templates = [CLOSED, CLOSED_AFTER, HTTPS, SOCKS]
+    fam = families_of(templates)
+    assert fam[CLOSED] != fam[CLOSED_AFTER]
+    wide = families_of(templates, eps=0.6)
+    assert wide[CLOSED] == wide[CLOSED_AFTER] == pid(CLOSED)
+    assert len({wide[HTTPS], wide[SOCKS], wide[CLOSED]}) == 3  # siblings still apart
+
+
+# Pairs that the letters-only, lower-cased analyzer merged although Loghub's truth (and the
+# miner) keeps them apart: letter case and punctuation are part of the event.
+CASE_AND_PUNCTUATION = [
+    ("disable: < expand icons* alerts system_info* back home recent clock >",
+     "disable: < expand ICONS* alerts SYSTEM_INFO* back home recent clock >"),
+    ("Machine State Register: <*>", "machine state register: <*>"),
+    ("setSpeakerphoneOn on: <*>", "setSpeakerphoneOn on:<*>"),
+    ("not responding", "not-responding"),
+    ("instruction address: <*>", "instruction address <*>"),
+    ("machine check: <*>", "machine check <*>"),
+]
+
+
+@pytest.mark.parametrize(("a", "b"), CASE_AND_PUNCTUATION)
+def test_letter_case_and_punctuation_separate_families(a: str, b: str) -> None:
+    fam = families_of([a, b])
+    assert fam[a] != fam[b]
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    # digits the miner left unmasked inside a token
+    ("Node card VPD check: U01 node in processor card slot <*> do not match.",
+     "Node card VPD check: U11 node in processor card slot <*> do not match."),
+    ("NFS Mount failed on bglio91, slept <*>, retrying (<*>)",
+     "NFS Mount failed on bglio716, slept <*>, retrying (<*>)"),
+    # b is an instance of a
+    ("ciod: LOGIN chdir(<*>) failed: No such file or directory",
+     "ciod: LOGIN chdir(pwd) failed: No such file or directory"),
+    ("Marking notification as seen <*>|<*>|<*>|<*>|<*>",
+     "Marking notification as seen <*>|com.tencent.mobileqq|<*>|<*>|<*>"),
+    # one event with a repeated group (different token counts, near-identical bags)
+    ("inconsistent nodesets <*> <ok> <*> <ok> <*> <ok>",
+     "inconsistent nodesets <*> <ok> <*> <ok> <*> <ok> <*> <ok>"),
+])
+def test_over_splits_are_repaired(a: str, b: str) -> None:
+    fam = families_of([a, b, HTTPS, SOCKS])
+    assert fam[a] == fam[b] == pid(a)
+    assert fam[HTTPS] == pid(HTTPS) and fam[SOCKS] == pid(SOCKS)
+
+
+def test_instances_are_linked_only_with_link_instances() -> None:
+    general = "ciod: LOGIN chdir(<*>) failed: No such file or directory"
+    instance = "ciod: LOGIN chdir(pwd) failed: No such file or directory"
+    assert len(set(families_of([general, instance]).values())) == 1
+    assert len(set(families_of([general, instance], link_instances=False).values())) == 2
+
+
+@pytest.mark.parametrize(("pattern", "token", "expected"), [
+    ("chdir(<*>)", "chdir(pwd)", True),
+    ("chdir(<*>)", "chdir()", False),  # <*> stands for one or more characters
+    ("<*>", "anything", True),
+    ("<*>|<*>|<*>", "<*>|com.x|<*>", True),
+    ("<*>|<*>|<*>", "a|b", False),
+    ("a<*>b<*>c", "axbyc", True),
+    ("a<*>b<*>c", "abc", False),
+    ("<*><*>", "x", False),
+    ("HTTPS", "SOCKS5", False),
+    ("HTTPS", "HTTPS", True),
+])
+def test_token_matches(pattern: str, token: str, expected: bool) -> None:
+    assert clustering.token_matches(pattern, token) is expected
+
+
+def test_siblings_and_instances_on_tokens() -> None:
+    tok = clustering.tokens_of
+    assert clustering.siblings(tok(HTTPS), tok(SOCKS))
+    assert not clustering.siblings(tok(HTTPS), tok("Connection via <*> established"))
+    assert not clustering.siblings(tok(CLOSED), tok(CLOSED_AFTER))  # token counts differ
+    assert not clustering.siblings(tok("slot U01"), tok("slot U11"))  # digits read as 0
+    assert clustering.is_instance(tok("Connection via <*> established"), tok(HTTPS))
+    assert not clustering.is_instance(tok(HTTPS), tok("Connection via <*> established"))
+    assert not clustering.is_instance(tok("<*> <*>"), tok("any thing"))  # no literal token
+
+
+def test_a_merged_pattern_id_follows_the_id_it_was_merged_into() -> None:
+    """With the real signature processor before it in a Pipeline, a pattern id that the
+    miner later merges (an alias) takes the family of the surviving id at the next run,
+    even where nothing else would link their templates (link_instances off here)."""
+    from collector.pipeline import Pipeline
+    from processors.signature import SignatureProcessor
+
+    def run(bound: bool) -> tuple[dict[str, str | None], SignatureProcessor]:
+        sig = SignatureProcessor(SignatureProcessor.Config())
+        proc = quiet(link_instances=False)
+        if bound:
+            pipeline = Pipeline([("signature", sig), ("clustering", proc)], [])
+            step = pipeline.process
+        else:
+            def step(req: ExportLogsServiceRequest) -> LogBatch:
+                batch = LogBatch(req, 0.0)
+                sig.process(batch)
+                proc.process(batch)
+                return batch
+        first = step(make_batch([HTTPS, SOCKS]).request)
+        proc.run_now(1.0)
+        assert first.families[0] != first.families[1]  # siblings: two families
+        step(make_batch(["Connection via TOR established"]).request)  # the miner merges
+        proc.run_now(2.0)
+        return {p: proc.family_of(p) for p in first.pattern_ids}, sig
+
+    fam, sig = run(bound=True)
+    survivor = sig.resolve(next(iter(sig.aliases)))
+    alias = next(iter(sig.aliases))
+    assert fam[alias] == fam[survivor] == survivor
+    unbound, _ = run(bound=False)
+    assert unbound[alias] == alias  # its stale template alone links it to nothing
 
 
 # --------------------------------------------------------------------------- hot path
