@@ -48,7 +48,7 @@ from collector.control.store import DEFAULT_SCOPE, SqlitePolicyStore
 from collector.logs import redact, register_secret
 from collector.shared.keys import Keys
 from collector.shared.lease import Lease
-from collector.shared.stats import INCR_MANY, StatsPusher, read_rows
+from collector.shared.stats import PUSH, READ, StatsPusher, read_rows
 from collector.shared.store import RedisPolicyStore
 from collector.shared.templates import TemplateSharing
 from processors.sampling import SamplingProcessor
@@ -127,7 +127,8 @@ class SharedState:
         lookback = control.interval if control.interval > 0 else 300.0
         self.lookback = min(max(lookback, cfg.stats_window), MAX_LOOKBACK)
         self.pusher = StatsPusher(self.keys, cfg.stats_window, self.lookback)
-        self._incr = self.client.register_script(INCR_MANY)
+        self._push = self.client.register_script(PUSH)
+        self._read = self.client.register_script(READ)
         self.templates = (TemplateSharing(self.client, self.keys.templates, cfg.max_templates)
                           if signature is not None else None)
         self.loop: ControlLoop | None = None
@@ -251,9 +252,9 @@ class SharedState:
                 return sampler.policy(svc).rate_for(pid, family, sn)
 
             try:
-                return await read_rows(self.client, self.keys, self.cfg.stats_window,
-                                       self.lookback, self.clock(), rate_for,
-                                       None if service is None else [service])
+                return await read_rows(self.client, self._read, self.keys,
+                                       self.cfg.stats_window, self.lookback, self.clock(),
+                                       rate_for, None if service is None else [service])
             except (RedisError, OSError) as err:
                 self._down(err)
         return await asyncio.to_thread(self.sampler.pattern_stats, service)
@@ -265,7 +266,7 @@ class SharedState:
         rows, flags = await asyncio.to_thread(
             lambda: (sampler.pattern_stats(), sampler.anomaly_flags()))
         prepared = await asyncio.to_thread(self.pusher.prepare, rows, flags)
-        await self.pusher.push(self.client, self._incr, prepared, self.clock())
+        await self.pusher.push(self.client, self._push, prepared, self.clock())
         if self.templates is not None and self.signature is not None:
             adopted = await self.templates.share(self.signature)
             if adopted:
@@ -300,7 +301,7 @@ class SharedState:
                         await self.lease.release()
                         log.info("lease released")
                     rows, flags = self.sampler.pattern_stats(), self.sampler.anomaly_flags()
-                    await self.pusher.push(self.client, self._incr,
+                    await self.pusher.push(self.client, self._push,
                                            self.pusher.prepare(rows, flags), self.clock())
         self._m_leader.set(0)
         with contextlib.suppress(RedisError, OSError):

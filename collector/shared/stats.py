@@ -1,10 +1,10 @@
 """Pattern statistics summed across replicas, so the leader's control loop sees the whole
 service (docs/scale.md §Statistics).
 
-Push (every replica, every ``sync_interval``): :meth:`StatsPusher.prepare` turns the
-sampler's cumulative ``pattern_stats`` rows into what changed since the last successful
-push, and :meth:`StatsPusher.push` adds it to the current window's hash of each service
-with one :data:`INCR_MANY` script call (HINCRBY per field, then EXPIRE):
+Push (every replica, every ``sync_interval``): :meth:`StatsPusher.prepare` (in a worker
+thread) turns the sampler's cumulative ``pattern_stats`` rows into what changed since the
+last successful push, as one JSON document per service, and :meth:`StatsPusher.push` hands
+each to :data:`PUSH` (one script call per service; Redis does the HINCRBYs):
 
     {ns}:stats:counts:<service>:<bucket>    bucket = floor(unix time / stats_window)
         <pid>|c   records          <pid>|k   kept
@@ -20,14 +20,17 @@ window it lands in). Counters that go backwards (a pattern evicted and seen agai
 restart) count from zero again. Window hashes expire ``lookback + 2 windows`` after their
 last write, pattern metadata and the service list a day after the service's last push.
 
-Read (the leader, :func:`read_rows`): the windows that overlap the last ``lookback``
-seconds, summed per pattern, as rows shaped like ``SamplingProcessor.pattern_stats`` plus
-``span`` (the seconds the counts cover), which the control loop's RateTracker turns into
-rates directly (collector/control/snapshot.py).
+Read (the leader, :func:`read_rows`): :data:`READ` sums the windows that overlap the last
+``lookback`` seconds in Redis and returns one JSON document; the rows are built from it in
+a worker thread, shaped like ``SamplingProcessor.pattern_stats`` plus ``span`` (the
+seconds the counts cover), which the control loop's RateTracker turns into rates directly
+(collector/control/snapshot.py). Large documents instead of many small replies keep the
+event loop free: parsing 10^5 replies in Python would hold it for a second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -35,17 +38,65 @@ from typing import Any
 
 from collector.shared.keys import Keys
 
-INCR_MANY = """
-for i = 2, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+PUSH = """
+for field, n in pairs(cjson.decode(ARGV[1])) do
+  redis.call('HINCRBY', KEYS[1], field, n)
 end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return #ARGV
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+for pid, doc in pairs(cjson.decode(ARGV[3])) do
+  redis.call('HSET', KEYS[2], pid, doc)
+end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[5] - ARGV[4])
+return 1
 """
-"""KEYS: the window hash. ARGV: TTL seconds, then field, increment pairs."""
+"""KEYS: window hash, pattern metadata hash, services zset. ARGV: increments (JSON object
+field -> decimal string), window TTL s, metadata (JSON object pid -> JSON text), metadata
+TTL s, now (unix s), service."""
+
+READ = """
+local totals = {}
+for i = 2, #KEYS do
+  local h = redis.call('HGETALL', KEYS[i])
+  for j = 1, #h, 2 do
+    totals[h[j]] = (totals[h[j]] or 0) + tonumber(h[j + 1])
+  end
+end
+local out = {0}
+local part, n, pids = {}, 0, {}
+for field, v in pairs(totals) do
+  part[field] = v
+  n = n + 1
+  if n == 2000 then
+    out[#out + 1] = cjson.encode(part)
+    part, n = {}, 0
+  end
+  if v > 0 and string.sub(field, -2) == '|c' then
+    pids[#pids + 1] = string.sub(field, 1, -3)
+  end
+end
+if n > 0 then out[#out + 1] = cjson.encode(part) end
+out[1] = #out - 1
+for i = 1, #pids, 1000 do
+  local chunk = {unpack(pids, i, math.min(i + 999, #pids))}
+  local docs = redis.call('HMGET', KEYS[1], unpack(chunk))
+  local meta, any = {}, false
+  for j = 1, #chunk do
+    if docs[j] then
+      meta[chunk[j]] = docs[j]
+      any = true
+    end
+  end
+  if any then out[#out + 1] = cjson.encode(meta) end
+end
+return out
+"""
+"""KEYS: metadata hash, then the window hashes. Returns ``[k, sums 1..k, metadata...]``:
+JSON objects of at most 2000 summed fields, then of at most 1000 patterns' metadata (small
+documents, so that decoding one holds the interpreter for a millisecond, not 50)."""
 
 META_TTL = 86_400  # seconds pattern metadata and the service list outlive the last push
-MAX_PAIRS = 5000  # field/increment pairs per script call
 SEVERITY_NUMBER = {"TRACE": 1, "DEBUG": 5, "INFO": 9, "WARN": 13, "ERROR": 17, "FATAL": 21}
 
 # (count, kept, bytes kept, bytes dropped, severity counts)
@@ -53,18 +104,22 @@ _Counts = tuple[int, int, int, int, dict[str, int]]
 
 
 class Prepared:
-    """One push, computed off the event loop: per service, the window hash's
-    ``[field, increment, ...]`` list and the pattern metadata to (re)write."""
+    """One push, computed off the event loop: per service, the increments and the
+    pattern metadata to (re)write, as the JSON texts :data:`PUSH` takes."""
 
     def __init__(self) -> None:
-        self.incr: dict[str, list[Any]] = {}
-        self.meta: dict[str, dict[str, str]] = {}
+        self.incr: dict[str, str] = {}
+        self.meta: dict[str, str] = {}
         self.counts: dict[tuple[str, str], _Counts] = {}
         self.described: dict[tuple[str, str], tuple[str, str]] = {}
 
 
 class StatsPusher:
-    """One replica's side: remembers what it has pushed (module docstring)."""
+    """One replica's side: remembers what it has pushed (module docstring).
+
+    keys: the namespace's keys; window: seconds per bucket; lookback: seconds the leader
+    reads (the windows' TTL covers it).
+    """
 
     def __init__(self, keys: Keys, window: float, lookback: float) -> None:
         self.keys = keys
@@ -80,8 +135,9 @@ class StatsPusher:
 
     def prepare(self, rows: list[dict[str, Any]], flags: list[dict[str, Any]]) -> Prepared:
         """The increments since the last successful push. Pure: safe in a worker thread."""
+        incr: dict[str, dict[str, str]] = {}
+        meta: dict[str, dict[str, str]] = {}
         out = Prepared()
-        surge = {f["service"] for f in flags if f["kind"] == "error_surge"}
         for row in rows:
             svc, pid = row["service"], row["pattern_id"]
             key = (svc, pid)
@@ -91,63 +147,60 @@ class StatsPusher:
             before = self._pushed.get(key)
             if before is None or now[0] < before[0]:
                 before = (0, 0, 0, 0, {})
-            fields = out.incr.setdefault(svc, [])
+            fields = incr.setdefault(svc, {})
             if now[0] > before[0]:
                 for name, a, b in (("c", now[0], before[0]), ("k", now[1], before[1]),
                                    ("bk", now[2], before[2]), ("bd", now[3], before[3])):
                     if a != b:
-                        fields += (f"{pid}|{name}", a - b)
+                        fields[f"{pid}|{name}"] = str(a - b)
                 for sev, n in now[4].items():
-                    d = n - before[4].get(sev, 0)
-                    if d:
-                        fields += (f"{pid}|s|{sev}", d)
+                    if n != before[4].get(sev, 0):
+                        fields[f"{pid}|s|{sev}"] = str(n - before[4].get(sev, 0))
             for kind in row.get("anomaly") or ():
-                fields += (f"{pid}|a|{kind}", 1)
+                fields[f"{pid}|a|{kind}"] = "1"
             described = (row["template"], row["family"])
             if described[0] and self._described.get(key) != described:
-                out.meta.setdefault(svc, {})[pid] = json.dumps(
+                meta.setdefault(svc, {})[pid] = json.dumps(
                     {"t": described[0], "f": described[1], "fs": row["first_seen"]},
                     separators=(",", ":"))
                 out.described[key] = described
-        for svc in surge:
-            out.incr.setdefault(svc, []).extend(("|surge", 1))
+        for f in flags:
+            if f["kind"] == "error_surge":
+                incr.setdefault(f["service"], {})["|surge"] = "1"
+        for svc in incr.keys() | meta.keys():
+            if incr.get(svc) or meta.get(svc):
+                out.incr[svc] = json.dumps(incr.get(svc) or {}, separators=(",", ":"))
+                out.meta[svc] = json.dumps(meta.get(svc) or {}, separators=(",", ":"))
         return out
 
     async def push(self, client: Any, script: Any, prepared: Prepared, now: float) -> int:
-        """Send a prepared push; on success it becomes the base of the next one. Returns
-        the number of services pushed. Raises RedisError (nothing is marked pushed)."""
+        """Send a prepared push (``script``: :data:`PUSH` registered on ``client``); on
+        success it becomes the base of the next one. Returns the number of services
+        pushed. Raises RedisError (nothing is marked pushed)."""
         bucket = math.floor(now / self.window)
-        pipe = client.pipeline(transaction=False)
-        sent = 0
-        for svc, fields in prepared.incr.items():
-            if not fields and svc not in prepared.meta:
-                continue
-            key = self.keys.stats(svc, bucket)
-            for i in range(0, len(fields), 2 * MAX_PAIRS):
-                await script(keys=[key], args=[self.ttl, *fields[i:i + 2 * MAX_PAIRS]],
+        if prepared.incr:
+            pipe = client.pipeline(transaction=False)
+            for svc, incr in prepared.incr.items():
+                await script(keys=[self.keys.stats(svc, bucket), self.keys.patterns(svc),
+                                   self.keys.services],
+                             args=[incr, self.ttl, prepared.meta[svc], META_TTL, now, svc],
                              client=pipe)
-            if svc in prepared.meta:
-                pipe.hset(self.keys.patterns(svc), mapping=prepared.meta[svc])
-            pipe.expire(self.keys.patterns(svc), META_TTL)
-            pipe.zadd(self.keys.services, {svc: now})
-            sent += 1
-        if sent:
-            pipe.zremrangebyscore(self.keys.services, "-inf", now - META_TTL)
             await pipe.execute()
         self._pushed = prepared.counts
         self._described = {k: v for k, v in {**self._described, **prepared.described}.items()
                            if k in prepared.counts}
-        return sent
+        return len(prepared.incr)
 
 
-async def read_rows(client: Any, keys: Keys, window: float, lookback: float, now: float,
-                    rate_for: Callable[[str, str, str, int], float],
+async def read_rows(client: Any, script: Any, keys: Keys, window: float, lookback: float,
+                    now: float, rate_for: Callable[[str, str, str, int], float],
                     services: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """Every replica's counts of the last ``lookback`` seconds, summed per pattern.
 
-    rate_for(service, pattern_id, family, severity_number): the policy's rate in force
-    (the row's ``rate``); services: these only (None: every service that pushed within
-    the lookback). Rows as ``SamplingProcessor.pattern_stats`` (without ``window``) plus
+    script: :data:`READ` registered on ``client``; rate_for(service, pattern_id, family,
+    severity_number): the policy's rate in force (the row's ``rate``); services: these
+    only (None: every service that pushed within the lookback). Rows as
+    ``SamplingProcessor.pattern_stats`` (without ``window``), highest count first, plus
     ``span``: seconds the counts cover (from the first window's start to ``now``, or from
     the pattern's first sighting when later) and ``error_surge``: a replica flagged one
     for the service. Raises RedisError.
@@ -157,49 +210,55 @@ async def read_rows(client: Any, keys: Keys, window: float, lookback: float, now
     span = now - first * window
     if services is None:
         services = await client.zrangebyscore(keys.services, now - lookback - window, "+inf")
-    services = list(services)
-    pipe = client.pipeline(transaction=False)
-    for svc in services:
-        for b in range(first, last + 1):
-            pipe.hgetall(keys.stats(svc, b))
-    hashes = await pipe.execute()
     rows: list[dict[str, Any]] = []
-    per = last - first + 1
-    for i, svc in enumerate(services):
-        totals: dict[str, dict[str, Any]] = {}
-        surge = False
-        for h in hashes[i * per:(i + 1) * per]:
-            for field, value in h.items():
-                pid, _, rest = field.partition("|")
-                if not pid:
-                    surge = surge or rest == "surge"
-                    continue
-                t = totals.setdefault(pid, {"c": 0, "k": 0, "bk": 0, "bd": 0, "s": {},
-                                            "a": set()})
-                if rest.startswith("s|"):
-                    t["s"][rest[2:]] = t["s"].get(rest[2:], 0) + int(value)
-                elif rest.startswith("a|"):
-                    t["a"].add(rest[2:])
-                else:
-                    t[rest] += int(value)
-        pids = [p for p, t in totals.items() if t["c"] > 0]
-        meta = await client.hmget(keys.patterns(svc), pids) if pids else []
-        for pid, raw in zip(pids, meta, strict=True):
-            t = totals[pid]
-            m = json.loads(raw) if raw else {}
-            family = m.get("f", "")
-            first_seen = float(m.get("fs", now - span))
-            sev = {k: v for k, v in t["s"].items() if v > 0}
-            top = max(sev, key=sev.__getitem__) if sev else "INFO"
-            kept = min(t["k"], t["c"])
-            rows.append({
-                "service": svc, "pattern_id": pid, "template": m.get("t", ""),
-                "family": family, "count": t["c"], "kept": kept, "dropped": t["c"] - kept,
-                "bytes_kept": max(t["bk"], 0), "bytes_dropped": max(t["bd"], 0),
-                "severity": sev, "first_seen": first_seen, "last_seen": now,
-                "rate": rate_for(svc, pid, family, SEVERITY_NUMBER.get(top, 9)),
-                "anomaly": sorted(t["a"]), "error_surge": surge,
-                "span": max(min(span, now - first_seen), 1.0),
-            })
+    for svc in services:
+        reply = await script(keys=[keys.patterns(svc), *(keys.stats(svc, b)
+                                                        for b in range(first, last + 1))])
+        k = int(reply[0])
+        rows += await asyncio.to_thread(_rows, svc, reply[1:k + 1], reply[k + 1:], now, span,
+                                        rate_for)
     rows.sort(key=lambda r: r["count"], reverse=True)
+    return rows
+
+
+def _rows(svc: str, sums: list[str], metas: list[str], now: float, span: float,
+          rate_for: Callable[[str, str, str, int], float]) -> list[dict[str, Any]]:
+    """Rows of one service from :data:`READ`'s answer."""
+    totals: dict[str, dict[str, Any]] = {}
+    surge = False
+    fields = (item for chunk in sums for item in json.loads(chunk).items())
+    for field, value in fields:
+        pid, _, rest = field.partition("|")
+        if not pid:
+            surge = surge or rest == "surge"
+            continue
+        t = totals.setdefault(pid, {"c": 0, "k": 0, "bk": 0, "bd": 0, "s": {}, "a": []})
+        if rest.startswith("s|"):
+            t["s"][rest[2:]] = int(value)
+        elif rest.startswith("a|"):
+            t["a"].append(rest[2:])
+        else:
+            t[rest] = int(value)
+    meta: dict[str, str] = {}
+    for chunk in metas:
+        meta.update(json.loads(chunk))
+    rows = []
+    for pid, t in totals.items():
+        if t["c"] <= 0:
+            continue
+        m = json.loads(meta[pid]) if pid in meta else {}
+        family = m.get("f", "")
+        first_seen = float(m.get("fs", now - span))
+        sev = {k: v for k, v in t["s"].items() if v > 0}
+        top = max(sev, key=sev.__getitem__) if sev else "INFO"
+        kept = min(max(t["k"], 0), t["c"])
+        rows.append({
+            "service": svc, "pattern_id": pid, "template": m.get("t", ""),
+            "family": family, "count": t["c"], "kept": kept, "dropped": t["c"] - kept,
+            "bytes_kept": max(t["bk"], 0), "bytes_dropped": max(t["bd"], 0),
+            "severity": sev, "first_seen": first_seen, "last_seen": now,
+            "rate": rate_for(svc, pid, family, SEVERITY_NUMBER.get(top, 9)),
+            "anomaly": sorted(t["a"]), "error_surge": surge,
+            "span": max(min(span, now - first_seen), 1.0),
+        })
     return rows

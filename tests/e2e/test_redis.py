@@ -210,8 +210,8 @@ def test_three_sidecars_share_policy_lease_and_survive_redis_outage(
             wait_until(lambda: len(leaders(rest)) == 1, LEASE_TTL * 3, "a leader again", rest)
             for sc in rest:
                 text = sc.metrics()
-                assert re.search(rf'lipservice_redis_reconnects_total{{redis_namespace="{NAMESPACE}"}} '
-                                 r'[1-9]', text)
+                assert re.search(r'lipservice_redis_reconnects_total'
+                                 rf'{{redis_namespace="{NAMESPACE}"}} [1-9]', text)
                 assert re.search(r'lipservice_policy_synced_total\{redis_namespace="e2e",'
                                  r'trigger="(notice|poll)"} [1-9]', text)
         finally:

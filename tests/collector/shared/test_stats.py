@@ -10,7 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from collector.control.snapshot import RateTracker
 from collector.shared.keys import Keys
-from collector.shared.stats import INCR_MANY, StatsPusher, read_rows
+from collector.shared.stats import PUSH, READ, StatsPusher, read_rows
 from tests.collector.control.conftest import CACHE, NOISY, SLOW, SVC, TRAFFIC, feed, make_sampler
 from tests.redis_server import RedisServer
 
@@ -29,9 +29,13 @@ def by_id(rows: list[dict]) -> dict[str, dict]:
 
 
 async def push(client: aioredis.Redis, pusher: StatsPusher, sampler, now: float) -> int:
-    script = client.register_script(INCR_MANY)
     prepared = pusher.prepare(sampler.pattern_stats(), sampler.anomaly_flags())
-    return await pusher.push(client, script, prepared, now)
+    return await pusher.push(client, client.register_script(PUSH), prepared, now)
+
+
+async def read(client: aioredis.Redis, now: float = NOW) -> list[dict]:
+    return await read_rows(client, client.register_script(READ), KEYS, WINDOW, LOOKBACK, now,
+                           rate_for)
 
 
 async def test_the_leader_reads_the_sum_of_every_replica(client: aioredis.Redis):
@@ -39,7 +43,7 @@ async def test_the_leader_reads_the_sum_of_every_replica(client: aioredis.Redis)
     for i, (sampler, pusher) in enumerate(replicas):
         feed(sampler, NOW - 30, scale=i + 1)  # 1x, 2x, 3x the traffic
         assert await push(client, pusher, sampler, NOW - 20) == 1
-    rows = by_id(await read_rows(client, KEYS, WINDOW, LOOKBACK, NOW, rate_for))
+    rows = by_id(await read(client))
     assert set(rows) == set(TRAFFIC)
     for pid, (n, _sev, template) in TRAFFIC.items():
         local = [by_id(s.pattern_stats())[pid] for s, _ in replicas]
@@ -59,7 +63,7 @@ async def test_pushing_again_sends_only_what_is_new(client: aioredis.Redis):
     await push(client, pusher, sampler, NOW - 30)  # nothing new: no double count
     feed(sampler, NOW - 25, {CACHE: TRAFFIC[CACHE]})
     await push(client, pusher, sampler, NOW - 20)
-    rows = by_id(await read_rows(client, KEYS, WINDOW, LOOKBACK, NOW, rate_for))
+    rows = by_id(await read(client))
     assert rows[NOISY]["count"] == 3000
     assert rows[CACHE]["count"] == 1200
 
@@ -82,7 +86,7 @@ async def test_counts_a_failed_push_could_not_send_go_with_the_next(
         redis_server.start()  # a fresh, empty server on the same port
         feed(sampler, NOW - 30)
         await push(client, pusher, sampler, NOW - 25)
-        rows = by_id(await read_rows(client, KEYS, WINDOW, LOOKBACK, NOW, rate_for))
+        rows = by_id(await read(client))
         assert rows[NOISY]["count"] == 2 * 3000  # the two feeds the first push had not sent
     finally:
         await client.aclose()
@@ -96,7 +100,7 @@ async def test_windows_outside_the_lookback_are_not_read_and_expire(client: aior
     assert 0 < await client.ttl(old_key) <= LOOKBACK + 2 * WINDOW
     feed(sampler, NOW - 10, {SLOW: TRAFFIC[SLOW]})
     await push(client, pusher, sampler, NOW - 5)
-    rows = by_id(await read_rows(client, KEYS, WINDOW, LOOKBACK, NOW, rate_for))
+    rows = by_id(await read(client))
     assert set(rows) == {SLOW} and rows[SLOW]["count"] == 40
 
 
@@ -105,7 +109,7 @@ async def test_shared_rows_give_rates_over_their_span(client: aioredis.Redis):
     for s in samplers:
         feed(s, NOW - 2000)  # the patterns are old: first seen long before the lookback
         await push(client, StatsPusher(KEYS, WINDOW, LOOKBACK), s, NOW - 10)
-    rows = await read_rows(client, KEYS, WINDOW, LOOKBACK, NOW, rate_for)
+    rows = await read(client)
     span = NOW - math.floor((NOW - LOOKBACK) / WINDOW) * WINDOW
     assert all(r["span"] == span for r in rows)
     snap = RateTracker().build(SVC, rows, [], NOW)
@@ -119,7 +123,7 @@ async def test_an_error_surge_on_one_replica_flags_the_service(client: aioredis.
     pusher = StatsPusher(KEYS, WINDOW, LOOKBACK)
     prepared = pusher.prepare(calm.pattern_stats(), [
         {"service": SVC, "kind": "error_surge", "pattern_id": None}])
-    await pusher.push(client, client.register_script(INCR_MANY), prepared, NOW - 20)
-    rows = await read_rows(client, KEYS, WINDOW, LOOKBACK, NOW, rate_for)
+    await pusher.push(client, client.register_script(PUSH), prepared, NOW - 20)
+    rows = await read(client)
     assert rows and all(r["error_surge"] for r in rows)
     assert RateTracker().build(SVC, rows, [], NOW).error_surge
