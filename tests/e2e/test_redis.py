@@ -1,6 +1,6 @@
 """Three `lipservice run` processes share one real redis-server (storage.backend: redis):
-a policy applied on one is in force on all within 2 s; exactly one holds the lease; the
-lease moves when its holder is killed; with Redis stopped they keep serving (OTLP answered,
+exactly one holds the lease and runs the control loop (its policy reaches all); a policy
+applied on one is in force on all within 2 s; the lease moves when its holder is killed; with Redis stopped they keep serving (OTLP answered,
 records exported) with the last policy, and they recover when it is back."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tests.sinks import HttpSink
 
 NAMESPACE = "e2e"
 SERVICE = "e2e-shared"
+LOOP_SERVICE = "e2e-loop"
 TOKEN = "e2e-redis-token-6a5b4c3d"
 URL_ENV = "LIPSERVICE_REDIS_URL"
 LEASE_TTL = 2.0
@@ -37,7 +38,7 @@ def config(sink: HttpSink) -> dict[str, Any]:
         "processors": {"signature": {}, "sampling": {"policy": {"global_rate": 0.1}}},
         "exporters": {"otlphttp/sink": {"endpoint": sink.endpoint,
                                         "retry_on_failure": {"initial_interval": "100ms"}}},
-        "extensions": {"control": {"interval": "1h", "anomaly_trigger": [],
+        "extensions": {"control": {"interval": "2s", "min_gap": "1s", "anomaly_trigger": [],
                                    "watch_interval": "0s", "llm": {"enabled": False}}},
         "service": {"extensions": ["control"], "pipelines": {"logs": {
             "receivers": ["otlp"], "processors": ["signature", "sampling"],
@@ -61,9 +62,14 @@ def call(sc: Sidecar, method: str, path: str, body: dict | None = None
         return err.code, json.loads(err.read())
 
 
-def in_force(sc: Sidecar) -> dict | None:
-    status, body = call(sc, "GET", f"/api/v1/policies/{SERVICE}")
-    return body["policy"] if status == 200 else None
+def in_force(sc: Sidecar, service: str = SERVICE) -> dict | None:
+    status, body = call(sc, "GET", f"/api/v1/policies/{service}")
+    return body["policy"] if status == 200 and body["scope"] == service else None
+
+
+def loop_runs(sc: Sidecar) -> float:
+    return sum(float(v) for v in re.findall(r'^lipservice_control_runs_total\{[^}]*\} (\S+)$',
+                                            sc.metrics(), re.M))
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
@@ -113,7 +119,7 @@ def apply_everywhere(origin: Sidecar, sidecars: list[Sidecar], rate: float) -> i
     return version
 
 
-def send_logs(sc: Sidecar, replica: str, n: int) -> list[str]:
+def send_logs(sc: Sidecar, replica: str, n: int, service: str = SERVICE) -> list[str]:
     """n INFO records through the real OTel SDK exporter; the export results' names
     (``SUCCESS`` when the sidecar answered 200)."""
     results: list[Any] = []
@@ -123,7 +129,7 @@ def send_logs(sc: Sidecar, replica: str, n: int) -> list[str]:
             results.append(super().export(batch))
             return results[-1]
 
-    provider = LoggerProvider(resource=Resource.create({"service.name": SERVICE,
+    provider = LoggerProvider(resource=Resource.create({"service.name": service,
                                                         "replica": replica}))
     provider.add_log_record_processor(SimpleLogRecordProcessor(
         Recording(endpoint=f"{sc.http_endpoint}/v1/logs", timeout=5)))
@@ -166,6 +172,17 @@ def test_three_sidecars_share_policy_lease_and_survive_redis_outage(
             assert lease_pid(redis_server) == leader.proc.pid
             time.sleep(LEASE_TTL / 2)  # a few renewals later: still one
             assert leaders(sidecars) == [leader]
+
+            # only the leader runs the loop, on every replica's statistics; its policy
+            # reaches all of them
+            for i, sc in enumerate(sidecars):
+                assert set(send_logs(sc, f"loop{i}", 30, LOOP_SERVICE)) == {"SUCCESS"}
+            for sc in sidecars:
+                wait_until(lambda sc=sc: (p := in_force(sc, LOOP_SERVICE))
+                           and p["generated_by"] == "heuristic", 30,
+                           f"the leader's heuristic policy on :{sc.metrics_port}", sidecars)
+            assert loop_runs(leader) > 0
+            assert [loop_runs(s) for s in sidecars if s is not leader] == [0, 0]
 
             # a policy applied on a follower is in force on all within 2 s
             follower = next(s for s in sidecars if s is not leader)
