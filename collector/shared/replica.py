@@ -181,14 +181,14 @@ class SharedState:
         return True
 
     def _down(self, err: BaseException) -> None:
-        was_up = self.up
+        """Record that Redis did not answer (a warning at most once per minute)."""
         self.up = False
         self._up_event.clear()
         self.lease.drop()
         self._m_up.set(0)
         self._m_leader.set(0)
         now = time.monotonic()
-        if was_up or now >= self._next_down_log:
+        if now >= self._next_down_log:
             log.warning("redis at %s unreachable (%s: %s); serving with the policies in "
                         "force and local statistics, reconnecting", self.where,
                         type(err).__name__, redact(str(err))[:200])
