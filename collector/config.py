@@ -41,10 +41,15 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 DEFAULT_CONFIG_NAME = "default.yaml"
+SECRET_VALUE_ERROR = "secret_value"
+"""pydantic error type of a check on a value that may hold a secret: the error message
+does not repeat the value."""
 
 
 class ConfigError(Exception):
@@ -347,14 +352,46 @@ class ServiceConfig(StrictModel):
     shutdown_timeout: Duration = Field(10.0, description="seconds to flush on SIGTERM")
 
 
+class RedisStorageConfig(StrictModel):
+    """``storage.redis:``: tuning of the shared state (collector/shared/, docs/scale.md)."""
+
+    namespace: str = Field("lipservice", min_length=1, max_length=100, pattern=r"^[\w.:-]+$",
+                           description="key prefix; replicas sharing it share policies, "
+                           "statistics, templates and one lease")
+    lease_ttl: Duration = Field(15.0, ge=1.0, description="leader lease; renewed every third")
+    sync_interval: Duration = Field(5.0, gt=0, description="stats push, template share, "
+                                    "policy version check")
+    stats_window: Duration = Field(60.0, ge=1.0, description="bucket of shared statistics")
+    timeout: Duration = Field(2.0, gt=0, description="connect and command timeout")
+    max_templates: int = Field(100_000, ge=1, description="entries of the shared template "
+                               "registry")
+
+
 class StorageConfig(StrictModel):
-    """Local state (SQLite files: miner snapshot, policies, persistent queue)."""
+    """``storage:``: local state (SQLite file: miner snapshot, policies, persistent queue)
+    and, with ``backend: redis``, the state shared by replicas (docs/scale.md).
+
+    redis_url: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) or
+    ``unix://path``; usually ``${env:LIPSERVICE_REDIS_URL}`` from a secret. Required (non
+    empty) when the backend is ``redis``: an empty one stops the start with a clear error.
+    """
 
     directory: str = "./data"
     fsync: bool = Field(False, description="persistent queues fsync every commit "
                                            "(survive power loss, not only a process crash)")
     backend: Literal["local", "redis"] = "local"
     redis_url: str | None = None
+    redis: RedisStorageConfig = Field(default_factory=RedisStorageConfig)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url_scheme(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            # the value may hold a password: the message names the scheme only
+            raise PydanticCustomError(
+                SECRET_VALUE_ERROR, "must start with redis://, rediss:// or unix:// (got "
+                "scheme {scheme})", {"scheme": repr(url.split(":", 1)[0][:20])})
+        return url
 
 
 class _RawConfig(StrictModel):
@@ -477,6 +514,8 @@ def _problems(err: ValidationError, prefix: list[str]) -> list[str]:
             out.append(f"{path}: unknown key")
         elif e["type"] == "missing":
             out.append(f"{path}: required key is missing")
+        elif e["type"] == SECRET_VALUE_ERROR:  # never echo the value
+            out.append(f"{path}: {e['msg']}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = repr(e.get("input"))
@@ -529,6 +568,11 @@ def load_config_tree(tree: Any, source: str = "") -> Config:
                             "top-level `extensions:`")
         elif (check := getattr(typed["extensions"].get(name), "pipeline_problems", None)):
             problems.extend(check(f"extensions.{name}", typed["processors"], logs.processors))
+    if raw.storage.backend == "redis" and not any(
+            component_type(n) == "control" for n in raw.service.extensions):
+        problems.append("storage.backend: `redis` shares the control extension's policies; "
+                        "define `extensions: {control: {}}` and list it in "
+                        "`service.extensions`")
     if not logs.receivers:
         problems.append("service.pipelines.logs.receivers: at least one receiver is needed")
     if not logs.exporters:

@@ -152,3 +152,35 @@ MEMORY_LIMITER_USAGE = Gauge(
     "lipservice_memory_limiter_usage_bytes",
     "Resident memory (RSS) at the memory limiter's last check.",
     ["processor"], registry=REGISTRY)
+
+# Shared state (storage.backend: redis; collector/shared/). Labelled by the Redis key
+# namespace (storage.redis.namespace; not `namespace`, which Kubernetes service discovery
+# sets), so a sidecar with local state exposes none of them.
+REDIS_UP = Gauge(
+    "lipservice_redis_up",
+    "1 while the shared state's Redis answers, else 0 (the replica then serves with the "
+    "policies in force and local statistics).",
+    ["redis_namespace"], registry=REGISTRY)
+REDIS_RECONNECTS = Counter(
+    "lipservice_redis_reconnects",
+    "Times Redis answered again after being unreachable.",
+    ["redis_namespace"], registry=REGISTRY)
+CONTROL_IS_LEADER = Gauge(
+    "lipservice_control_is_leader",
+    "1 while this replica holds the lease and runs the control loop for the namespace.",
+    ["redis_namespace"], registry=REGISTRY)
+POLICY_SYNCED = Counter(
+    "lipservice_policy_synced",
+    "Shared policy versions put in force on this replica, by trigger (notice: pub/sub "
+    "message, poll: periodic version check).",
+    ["redis_namespace", "trigger"], registry=REGISTRY)
+POLICY_SYNC_LAG = Gauge(
+    "lipservice_policy_sync_lag_seconds",
+    "Seconds from the store of the last shared policy version (by the storing replica's "
+    "clock) to its application on this replica.",
+    ["redis_namespace"], registry=REGISTRY)
+TEMPLATES_ADOPTED = Counter(
+    "lipservice_templates_adopted",
+    "Local pattern ids replaced by the id another replica registered for the same "
+    "template (the local id became an alias).",
+    ["redis_namespace"], registry=REGISTRY)

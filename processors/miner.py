@@ -38,6 +38,8 @@ Pattern ids and aliases (the rules users rely on; also in docs/signature.md):
 - In the rare case that a template is created again while a pattern created from the same
   text still lives elsewhere (or its id is an alias), the new id is ``xxh3_64`` of
   ``"<template id>#<n>"`` with the smallest free ``n``, so ids stay unique.
+- ``adopt_id`` (shared state, docs/scale.md): a pattern may take the id another replica
+  registered for the same template; its own id becomes an alias of it.
 - ``max_patterns`` bounds live patterns: the least recently used is evicted (counted), its
   aliases are dropped, and a later message of that shape creates a pattern again (with the
   id of its then template). Aliases are bounded by ``max_patterns`` too (oldest dropped).
@@ -317,6 +319,35 @@ class Miner:
         for p in patterns:
             if p.alive:
                 move(p.id)
+
+    def adopt_id(self, pid: str, shared_id: str) -> bool:
+        """Give the live pattern ``pid`` the id ``shared_id`` that another replica uses for
+        the same template (docs/scale.md §Templates); ``pid`` becomes an alias of it.
+
+        If ``shared_id`` is free here, the pattern is renamed; if it is a live pattern with
+        the same template, ``pid`` merges into it. Returns False (nothing changed) when
+        ``pid`` is not live, the ids are equal, or ``shared_id`` is an alias here or a live
+        pattern with another template."""
+        p = self.patterns.get(pid)
+        if p is None or pid == shared_id or shared_id in self.aliases:
+            return False
+        target = self.patterns.get(shared_id)
+        if target is None:
+            self.patterns[shared_id] = self.patterns.pop(pid)
+            p.id = shared_id
+            p.attr_bytes = None
+        elif target.template == p.template:
+            target.count += p.count
+            self._unlink(p)
+            p.merged_into = target
+            for k in p.keys:
+                self._created[k] = target
+            target.keys.extend(p.keys)
+            p.keys = []
+        else:
+            return False
+        self._add_alias(pid, shared_id)
+        return True
 
     def resolve(self, pid: str) -> str:
         """The live id an id stands for: itself, or the id it was merged into."""

@@ -338,6 +338,17 @@ class SignatureProcessor:
         self._skeletons.clear()
         self._seed()
 
+    def adopt_ids(self, shared: dict[str, str]) -> int:
+        """Replace local pattern ids by the ids other replicas registered for the same
+        templates (``{local id: shared id}``, see Miner.adopt_id); the local ids become
+        aliases. Call between batches, on the thread that runs :meth:`process` (the event
+        loop). Returns how many patterns took a shared id."""
+        return sum(self.miner.adopt_id(pid, sid) for pid, sid in shared.items())
+
+    def live_templates(self) -> list[tuple[str, str]]:
+        """(id, template) of every live pattern (a copy; same thread rule as adopt_ids)."""
+        return [(p.id, p.template) for p in list(self.miner.patterns.values())]
+
     def resolve(self, pattern_id: str) -> str:
         """The live id for a pattern id that may have been merged (alias)."""
         return self.miner.resolve(pattern_id)

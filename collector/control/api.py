@@ -24,7 +24,8 @@ answer 403. The token is compared in constant time and never logged or echoed.
 Errors are JSON: ``{"error": {"status": 422, "message": "...", "problems": ["path: why"]}}``
 with 400 (malformed request: bad JSON, not an object, bad service name, bad ``limit``),
 401 (missing or wrong token), 403 (no token configured), 404 (unknown service or route),
-422 (the policy fails validation or a guardrail rejects it), 503 (not started).
+422 (the policy fails validation or a guardrail rejects it), 503 (not started, or the
+shared policy store is unreachable: ``storage.backend: redis``, nothing was stored).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 from aiohttp import web
 
 from collector.control.loop import ControlLoop
-from collector.control.store import DEFAULT_SCOPE
+from collector.control.store import DEFAULT_SCOPE, StoreUnavailable
 
 log = logging.getLogger("lipservice.control.api")
 
@@ -179,7 +180,10 @@ class PolicyApi:
             return error(400, "the body's JSON is nested too deeply")
         if not isinstance(body, dict):
             return error(400, "the body must be a JSON object (a policy document)")
-        verdict, rec = await loop.override(name, body)
+        try:
+            verdict, rec = await loop.override(name, body)
+        except StoreUnavailable as err:
+            return error(503, str(err))
         if rec is None:
             return error(422, "policy rejected: " + ", ".join(verdict.reasons),
                          verdict.problems)

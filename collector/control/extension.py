@@ -7,6 +7,10 @@ overrides) and validated; the sampling processor's ``policy:`` / ``policies:`` b
 changed become new policy versions (source ``yaml``, see ``ControlLoop.apply_yaml``). A file
 that fails to load is logged and ignored; the policies in force stay. Other settings need a
 restart.
+
+With ``storage.backend: redis`` the policies live in the shared store (collector/shared/):
+a YAML edit applied on one replica is put in force on all; YAML policies that cannot be
+stored while Redis is unreachable are applied when it answers again.
 """
 
 from __future__ import annotations
@@ -17,21 +21,25 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from collector import metrics
-from collector.config import Config, ConfigError
+from collector.config import Config, ConfigError, StorageConfig
 from collector.control.api import PolicyApi
 from collector.control.config import ControlConfig
 from collector.control.llm import LlmClient
 from collector.control.loop import ControlLoop
-from collector.control.store import SqlitePolicyStore
+from collector.control.store import PolicyStore, SqlitePolicyStore, StoreUnavailable
 from collector.logs import register_secret
 from collector.state import StateStore
 from processors.sampling import Config as SamplingConfig
 from processors.sampling import SamplingProcessor
+from processors.signature import SignatureProcessor
+
+if TYPE_CHECKING:
+    from collector.shared.replica import SharedState
 
 log = logging.getLogger("lipservice.control")
 
@@ -58,19 +66,26 @@ class ControlExtension:
 
     sampler_key: the sampling processor's key in the config; telemetry_host: where the API
     is served; reload: returns a freshly loaded Config (raises ConfigError), None = no
-    reload; config_path: file watched for changes.
+    reload; config_path: file watched for changes; storage: ``storage:`` (``backend:
+    redis`` shares policies, statistics, templates and the loop's lease across replicas,
+    collector/shared/); signature: the signature processor whose ids are shared.
     """
 
     def __init__(self, cfg: ControlConfig, sampler: SamplingProcessor, sampler_key: str,
                  telemetry_host: str, reload: Callable[[], Config] | None = None,
-                 config_path: str | None = None) -> None:
+                 config_path: str | None = None, storage: StorageConfig | None = None,
+                 signature: SignatureProcessor | None = None) -> None:
         self.cfg = cfg
         self.sampler = sampler
         self.sampler_key = sampler_key
         self.reload = reload
         self.config_path = Path(config_path) if config_path else None
+        self.storage = storage or StorageConfig()
+        self.signature = signature
         self.api = PolicyApi(telemetry_host, cfg.api.token_env)
         self.loop: ControlLoop | None = None
+        self.shared: SharedState | None = None
+        self._pending_yaml: SamplingConfig | None = None  # not stored: Redis was down
         self._reload_requested = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
 
@@ -79,18 +94,33 @@ class ControlExtension:
 
     async def start(self, state: StateStore) -> None:
         """Resume stored policies, apply the YAML ones that changed, start the schedule
-        and the config watcher."""
+        and the config watcher (and, with ``storage.backend: redis``, the shared state's
+        tasks). Raises ValueError when the Redis URL is empty or unusable."""
         register_secret(os.environ.get(self.cfg.api.token_env))
-        store = SqlitePolicyStore(state.db, self.cfg.history)
-        self.loop = ControlLoop(self.cfg, self.sampler, store, build_llm(self.cfg))
+        local = SqlitePolicyStore(state.db, self.cfg.history)
+        store: PolicyStore = local
+        if self.storage.backend == "redis":
+            from collector.shared.replica import SharedState
+
+            self.shared = SharedState(self.storage, self.cfg, self.sampler, self.signature,
+                                      local)
+            await self.shared.connect()
+            store = self.shared.store
+        shared = self.shared
+        self.loop = ControlLoop(self.cfg, self.sampler, store, build_llm(self.cfg),
+                                is_leader=shared.is_leader if shared else None,
+                                stats=shared.read_stats if shared else None)
         await self.loop.resume()
-        await self.loop.apply_yaml(self.sampler.config, at_start=True)
+        await self._apply_yaml(self.sampler.config, at_start=True)
         self.api.loop = self.loop
         await self.loop.start()
+        if shared is not None:
+            await shared.start(self.loop, on_up=self._apply_pending_yaml)
         if self.reload is not None:
             self._watcher = asyncio.create_task(self._watch(), name="lipservice-config-watch")
         mode = "LLM " + self.cfg.llm.model if self.loop.llm else "heuristic (no LLM key)"
-        log.info("control loop: every %gs, %s", self.cfg.interval, mode)
+        where = " on the replica holding the lease" if shared else ""
+        log.info("control loop: every %gs%s, %s", self.cfg.interval, where, mode)
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -99,6 +129,27 @@ class ControlExtension:
                 await self._watcher
         if self.loop is not None:
             await self.loop.stop()
+        if self.shared is not None:
+            await self.shared.stop()
+
+    async def _apply_yaml(self, sampling: SamplingConfig, at_start: bool = False
+                          ) -> list[str]:
+        """apply_yaml, kept for later when the shared store is unreachable."""
+        assert self.loop is not None
+        try:
+            applied = await self.loop.apply_yaml(sampling, at_start)
+        except StoreUnavailable as err:
+            self._pending_yaml = sampling
+            log.warning("YAML policies not applied yet: %s; applied when Redis answers", err)
+            return []
+        self._pending_yaml = None
+        return applied
+
+    async def _apply_pending_yaml(self) -> None:
+        if self._pending_yaml is not None:
+            applied = await self._apply_yaml(self._pending_yaml, at_start=True)
+            if applied:
+                log.info("YAML policy applied after reconnect for %s", ", ".join(applied))
 
     def request_reload(self) -> None:
         """Ask for a config reload (the SIGHUP handler)."""
@@ -140,7 +191,7 @@ class ControlExtension:
             log.error("config reload: processor %r is no longer a sampling processor; "
                       "policies in force stay", self.sampler_key)
             return []
-        applied = await self.loop.apply_yaml(sampling)
+        applied = await self._apply_yaml(sampling)
         log.info("config reloaded: %s", f"new YAML policy for {', '.join(applied)}"
                  if applied else "no policy change")
         return applied
@@ -157,6 +208,8 @@ def build_control(config: Config, processors: list[tuple[str, Any]], telemetry_h
             if not isinstance(sampler, SamplingProcessor):
                 raise ValueError(f"extensions.{name}: no sampling processor {key!r} in the "
                                  "logs pipeline")
+            signature = next((p for _, p in processors if isinstance(p, SignatureProcessor)),
+                             None)
             return ControlExtension(cfg, sampler, key or "", telemetry_host, reload,
-                                    config.source or None)
+                                    config.source or None, config.storage, signature)
     return None

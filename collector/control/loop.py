@@ -20,6 +20,12 @@ each scope's latest stored version.
 
 Runs are serialised by one lock; everything runs on the event loop (the sampler's
 ``set_policy`` is atomic between batches).
+
+Shared state (``storage.backend: redis``, collector/shared/): the store is shared, the
+scheduled runs happen only on the replica holding the lease (``is_leader``), snapshots read
+the statistics of every replica (``stats``), and policies other replicas store are put in
+force here through :meth:`ControlLoop.adopt`. API calls (override, refresh) run on
+whichever replica receives them.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -108,24 +114,33 @@ def same_rates(a: Policy, b: Policy, tolerance: float = UNCHANGED_TOLERANCE) -> 
 
 RATE_MAPS = ("severity_rates", "pattern_rates", "family_rates")
 
+StatsSource = Callable[[str | None], Awaitable[list[dict[str, Any]]]]
+"""async (service or None for all) -> rows shaped like ``SamplingProcessor.pattern_stats``."""
+
 
 class ControlLoop:
     """The loop for one sampling processor (module docstring).
 
     store: where policies are kept; llm: None = heuristic only (``no_api_key``);
     clock: seconds since the epoch on the sampler's batch clock; monotonic: for scheduling
-    and the call budget.
+    and the call budget; is_leader: scheduled runs happen only while it returns True (the
+    shared lease, collector/shared/; None = always); stats: where snapshots read pattern
+    statistics (None = this sampler's own).
     """
 
     def __init__(self, cfg: ControlConfig, sampler: SamplingProcessor, store: PolicyStore,
                  llm: LlmClient | None = None, *, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 is_leader: Callable[[], bool] | None = None,
+                 stats: StatsSource | None = None) -> None:
         self.cfg = cfg
         self.sampler = sampler
         self.store = store
         self.llm = llm
         self.clock = clock
         self.monotonic = monotonic
+        self.is_leader = is_leader or (lambda: True)
+        self.stats = stats
         self.budget = CallBudget(cfg.llm.max_calls_per_hour, monotonic)
         self.tracker = RateTracker()
         self.failures = 0  # LLM failures in a row
@@ -163,6 +178,13 @@ class ControlLoop:
                  rec.reasoning[:300])
         return rec
 
+    def adopt(self, rec: StoredPolicy) -> None:
+        """Put a stored version in force as it is (resume; a replica following the shared
+        store). Its hold applies to this loop too."""
+        self.sampler.set_policy(rec.policy, None if rec.scope == DEFAULT_SCOPE else rec.scope)
+        self._held[rec.scope] = rec.held_until
+        metrics.POLICY_VERSION.labels(rec.scope).set(rec.version)
+
     async def resume(self) -> None:
         """Put each stored scope's latest version in force (at start)."""
         for scope in await self.store.scopes():
@@ -174,9 +196,7 @@ class ControlLoop:
                 continue
             if rec is None:
                 continue
-            self.sampler.set_policy(rec.policy, None if scope == DEFAULT_SCOPE else scope)
-            self._held[scope] = rec.held_until
-            metrics.POLICY_VERSION.labels(scope).set(rec.version)
+            self.adopt(rec)
             log.info("resumed policy v%d for %s (source %s)", rec.version, scope, rec.source)
 
     async def apply_yaml(self, sampling: SamplingConfig, at_start: bool = False) -> list[str]:
@@ -233,7 +253,8 @@ class ControlLoop:
                 doc["reasoning"] = "operator override"
             doc["generated_by"] = "operator"
             doc["llm_model"] = None
-            snap = (await asyncio.to_thread(self._snapshot, scope, False)
+            rows = await self._rows(scope) if scope != DEFAULT_SCOPE else None
+            snap = (await asyncio.to_thread(self._snapshot, scope, False, rows)
                     if scope != DEFAULT_SCOPE else None)
             verdict = await asyncio.to_thread(guardrails.check, doc, current, snap,
                                               self.cfg.guardrails, "operator")
@@ -247,10 +268,18 @@ class ControlLoop:
 
     # ------------------------------------------------------------------ runs
 
-    def _rows_by_service(self) -> dict[str, list[dict[str, Any]]]:
-        """The sampler's statistics grouped per service, largest service first."""
+    async def _rows(self, service: str | None) -> list[dict[str, Any]]:
+        """Pattern statistics of ``service`` (None: all) from ``stats``, else the sampler
+        (in a worker thread)."""
+        if self.stats is not None:
+            return await self.stats(service)
+        return await asyncio.to_thread(self.sampler.pattern_stats, service)
+
+    @staticmethod
+    def _by_service(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """Statistics grouped per service, largest service first."""
         groups: dict[str, list[dict[str, Any]]] = {}
-        for row in self.sampler.pattern_stats():
+        for row in rows:
             groups.setdefault(row["service"], []).append(row)
         return dict(sorted(groups.items(), key=lambda kv: sum(r["count"] for r in kv[1]),
                            reverse=True))
@@ -264,7 +293,7 @@ class ControlLoop:
         if service is not None:
             todo: dict[str, list[dict[str, Any]] | None] = {service: None}
         else:
-            todo = dict(await asyncio.to_thread(self._rows_by_service))
+            todo = dict(self._by_service(await self._rows(None)))
         results = []
         for svc, rows in todo.items():
             try:
@@ -292,6 +321,8 @@ class ControlLoop:
         async with self._lock:
             if not force and self._held.get(service, 0.0) > self.clock():
                 return RunResult(service, trigger, "held")
+            if rows is None:
+                rows = await self._rows(service)
             snap = await asyncio.to_thread(self._snapshot, service, True, rows)
             if snap is None:
                 return RunResult(service, trigger, "no_data")
@@ -313,6 +344,10 @@ class ControlLoop:
                 self.failures = 0
             if same_rates(verdict.policy, current):
                 result.outcome = "unchanged"
+                return result
+            if not force and self._held.get(service, 0.0) > self.clock():
+                # an operator policy arrived from another replica during the run
+                result.outcome = "held"
                 return result
             self._count_adjustments(verdict)
             rec = await self._apply(service, verdict.policy, snap.digest())
@@ -434,7 +469,7 @@ class ControlLoop:
                 await asyncio.sleep(min(due - now, POLL_SECONDS))
                 continue
             trigger = "anomaly" if early_at <= next_at else "interval"
-            results = await self.run_once(trigger)
+            results = await self.run_once(trigger) if self.is_leader() else []
             for r in results:
                 if r.outcome not in ("unchanged", "held", "no_data"):
                     log.info("control run (%s) for %s: %s%s", trigger, r.service, r.outcome,

@@ -262,10 +262,13 @@ class RateTracker:
               target: float | None = None, remember: bool = True) -> Snapshot:
         """A Snapshot from ``pattern_stats(service)`` rows and ``anomaly_flags()`` (all
         services; this one's are picked), at ``now`` (s since the epoch, batch clock).
-        remember: keep these counters as the base of the next build."""
+        remember: keep these counters as the base of the next build. A row with ``span``
+        (seconds; collector/shared/stats.py) holds the counts of the last ``span`` seconds
+        rather than cumulative ones; ``error_surge: true`` on a row flags its service."""
         prev_at, prev = self._prev.get(service, (None, {}))
         span = now - prev_at if prev_at is not None and now > prev_at else 0.0
-        surge = any(f["service"] == service and f["kind"] == "error_surge" for f in flags)
+        surge = any(f["service"] == service and f["kind"] == "error_surge" for f in flags) \
+            or any(row.get("error_surge") for row in stats if row["service"] == service)
         flagged: dict[str, list[str]] = {}
         for f in flags:
             if f["service"] == service and f["pattern_id"]:
@@ -280,7 +283,9 @@ class RateTracker:
             count, kept = int(row["count"]), int(row["kept"])
             current[pid] = (count, kept, nbytes)
             before = prev.get(pid)
-            if span > 0 and before is not None and count >= before[0]:
+            if "span" in row:  # counts over the last `span` seconds (shared statistics)
+                d_count, d_kept, d_bytes, dt = count, kept, nbytes, float(row["span"])
+            elif span > 0 and before is not None and count >= before[0]:
                 d_count, d_kept = count - before[0], kept - before[1]
                 d_bytes, dt = max(nbytes - before[2], 0.0), span
             else:  # first sight: the average since the pattern appeared

@@ -7,7 +7,8 @@ loop, and the policy document. A restart resumes each scope's latest version.
 
 :class:`SqlitePolicyStore` is the local implementation: its own table in the sidecar's SQLite
 state file (collector/state.py ``StateStore.db``). The interface is async so that a shared
-store (Redis, DESIGN.md §State and scale) can implement it without changing its callers.
+store (Redis, DESIGN.md §State and scale) can implement it without changing its callers:
+collector/shared/store.py, which keeps a copy of what it serves here (:meth:`put`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from processors.policy import Policy
 
 DEFAULT_SCOPE = "_default"
 """Scope name of the default policy (the sampling processor's ``policy:``)."""
+
+
+class StoreUnavailable(OSError):
+    """A shared store did not answer; nothing was stored and the policy in force stays.
+    The message names the cause (never a URL or credential)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,8 @@ class PolicyStore(Protocol):
     async def append(self, scope: str, policy: Policy, stats_digest: str, stored_at: float,
                      held_until: float = 0.0) -> StoredPolicy:
         """Store ``policy`` as the scope's next version (``policy.version`` is replaced by
-        it) and prune history; returns what was stored. Raises OSError/sqlite3.Error."""
+        it) and prune history; returns what was stored. Raises OSError/sqlite3.Error
+        (StoreUnavailable for a shared store that does not answer)."""
         ...
 
     async def latest(self, scope: str) -> StoredPolicy | None: ...
@@ -108,6 +115,23 @@ class SqlitePolicyStore:
             raise
         return StoredPolicy(scope, version, policy.generated_by, stored_at, policy.reasoning,
                             stats_digest, held_until, policy)
+
+    async def put(self, rec: StoredPolicy) -> None:
+        """Keep ``rec`` under its own version (a copy of a shared store's record, kept so
+        a restart without the shared store resumes it) and prune history."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT OR REPLACE INTO policy_history VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (rec.scope, rec.version, rec.source, rec.stored_at, rec.reasoning,
+                        rec.stats_digest, rec.held_until,
+                        json.dumps(rec.policy.to_document(), separators=(",", ":"))))
+            db.execute("DELETE FROM policy_history WHERE scope = ? AND (version <= ? OR "
+                       "version > ?)", (rec.scope, rec.version - self.keep, rec.version))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     async def latest(self, scope: str) -> StoredPolicy | None:
         found = await self.history(scope, 1)

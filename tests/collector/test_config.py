@@ -138,3 +138,31 @@ def test_unset_env_without_default_is_a_warning(example: Path) -> None:
     assert load_config(example, environ={"POSTHOG_API_KEY": "k"}).warnings == []
     # the embedded default marks its optional keys with `:-`, so it warns about nothing
     assert load_config(None, environ={}).warnings == []
+
+
+# --------------------------------------------------------------------------- storage
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("**/*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path: Path) -> None:
+    load_config(path, environ={})
+
+
+def test_redis_backend_settings_and_its_need_for_the_control_extension(tmp_path: Path) -> None:
+    cfg = load_config(REPO / "config" / "examples" / "gateway-redis.yaml",
+                      environ={"LIPSERVICE_REDIS_URL": "redis://:pw@redis:6379/0"})
+    assert cfg.storage.backend == "redis" and cfg.storage.redis_url == "redis://:pw@redis:6379/0"
+    assert (cfg.storage.redis.lease_ttl, cfg.storage.redis.stats_window) == (15.0, 60.0)
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "config" / "examples" / "gateway-redis.yaml",
+                    sets=["service.extensions=[]"], environ={})
+    assert "storage.backend: `redis` shares the control extension's policies" in str(err.value)
+
+
+def test_a_bad_redis_url_is_named_without_its_password() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "config" / "examples" / "gateway-redis.yaml",
+                    environ={"LIPSERVICE_REDIS_URL": "http://:hunter2-secret@redis:6379"})
+    assert "storage.redis_url: must start with redis://, rediss:// or unix://" in str(err.value)
+    assert "hunter2-secret" not in str(err.value)

@@ -29,7 +29,7 @@ EXAMPLE = REPO / "helm" / "examples" / "app-with-sidecar"
 # The oldest release with native sidecars on by default, and the newest schemas shipped.
 K8S_VERSIONS = ("1.29.0", "1.37.0")
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
-SECRET_ENV = {"POSTHOG_API_KEY", "OPENAI_API_KEY", "LIPSERVICE_API_TOKEN"}
+SECRET_ENV = {"POSTHOG_API_KEY", "OPENAI_API_KEY", "LIPSERVICE_API_TOKEN", "LIPSERVICE_REDIS_URL"}
 
 Manifest = dict[str, Any]
 
@@ -230,6 +230,46 @@ def test_gateway_options_hpa_pdb_servicemonitor_dashboard_pvc():
 
     env = {e["name"]: e.get("value") for e in containers_of(dep)["lipservice"]["env"]}
     assert env["POSTHOG_HOST"] == "https://eu.i.posthog.com"
+
+
+def test_gateway_with_redis_shares_state_with_the_url_from_the_secret(tmp_path):
+    values = {"existingSecret": "lipservice-secrets", "redis": {"enabled": True},
+              "config": {"storage": {"redis": {"lease_ttl": "10s"}}}}
+    docs = render(CHART, values)
+    validate_all(docs)
+    text = config_text(docs, "demo-lipservice-config")
+    storage = yaml.safe_load(text)["storage"]
+    assert storage == {"backend": "redis", "redis_url": "${env:LIPSERVICE_REDIS_URL}",
+                       "directory": "/var/lib/lipservice",
+                       "redis": {"namespace": "demo-lipservice", "lease_ttl": "10s"}}
+    container = containers_of(one(docs, "Deployment"))["lipservice"]
+    assert secret_refs(container)["LIPSERVICE_REDIS_URL"] == {
+        "name": "lipservice-secrets", "key": "LIPSERVICE_REDIS_URL", "optional": True}
+    ann = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert ann["checksum/lipservice-config"] == hashlib.sha256(
+        text.rstrip("\n").encode()).hexdigest()
+    proc = lipservice_validate(text, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    named = render(CHART, {**values, "redis": {"enabled": True, "namespace": "shop"}})
+    assert yaml.safe_load(config_text(named, "demo-lipservice-config"))["storage"]["redis"][
+        "namespace"] == "shop"
+
+
+def test_redis_without_a_secret_is_refused():
+    with pytest.raises(helm.HelmRenderError, match="redis.enabled needs the Redis URL"):
+        render(CHART, {"redis": {"enabled": True}})
+    with pytest.raises(helm.HelmRenderError, match="redis.enabled needs the Redis URL"):
+        render(CHART, {"redis": {"enabled": True}, "existingSecret": "s",
+                       "secretKeys": {"LIPSERVICE_REDIS_URL": ""}})
+
+
+def test_example_app_sidecars_can_share_state_through_redis(example_chart, tmp_path):
+    docs = render(example_chart, {"lipservice": {"redis": {"enabled": True}}}, name="shop")
+    validate_all(docs)
+    text = one(docs, "ConfigMap")["data"]["config.yaml"]
+    storage = yaml.safe_load(text)["storage"]
+    assert storage["backend"] == "redis" and storage["redis"]["namespace"] == "shop-lipservice"
+    assert lipservice_validate(text, tmp_path).returncode == 0
 
 
 def test_gateway_pvc_read_write_once_needs_a_single_replica():

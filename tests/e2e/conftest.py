@@ -22,17 +22,20 @@ REPO = Path(__file__).resolve().parents[2]
 class Sidecar:
     """A `lipservice run` subprocess on free loopback ports.
 
-    config: the YAML tree without receivers/telemetry/storage (filled in here).
+    config: the YAML tree without receivers/telemetry (filled in here); its ``storage``
+    gets ``directory: <tmp>/state``. tmp is created if missing (one per sidecar when
+    several run at once).
     """
 
     def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None):
+        tmp.mkdir(parents=True, exist_ok=True)
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         tree = {
             "receivers": {"otlp": {"protocols": {
                 "grpc": {"endpoint": f"127.0.0.1:{self.grpc_port}"},
                 "http": {"endpoint": f"127.0.0.1:{self.http_port}"}}}},
             **config,
-            "storage": {"directory": str(tmp / "state")},
+            "storage": {**config.get("storage", {}), "directory": str(tmp / "state")},
         }
         tree.setdefault("service", {}).setdefault("telemetry", {})["metrics"] = {
             "address": f"127.0.0.1:{self.metrics_port}"}

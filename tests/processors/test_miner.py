@@ -166,3 +166,45 @@ def test_invalid_settings_are_rejected() -> None:
                    {"max_children": 0}, {"min_variable_values": 1}, {"max_patterns": 0}):
         with pytest.raises(ValueError):
             Miner(**kwargs)
+
+
+# --------------------------------------------------------------------------- shared ids
+
+
+def test_adopt_id_renames_and_the_old_id_becomes_an_alias() -> None:
+    m, k = Miner(), Masker()
+    p = mine(m, k, "session opened for user root")
+    mine(m, k, "session opened for user 1000")  # generalises at once, id kept
+    old = p.id
+    shared = pattern_id("session opened for user <*>")
+    assert old != shared
+    assert m.adopt_id(old, shared)
+    assert p.id == shared and p.template == "session opened for user <*>"
+    assert m.resolve(old) == shared and old not in m.patterns
+    assert mine(m, k, "session opened for user root") is p  # creation text still leads here
+    assert mine(m, k, "session opened for user 7").id == shared
+
+
+def test_adopt_id_merges_into_a_live_pattern_with_the_same_template() -> None:
+    m, k = Miner(), Masker()
+    # two live patterns with one template (rare: e.g. from a restored snapshot)
+    m.restore({"version": 1, "patterns": [
+        {"id": "a" * 16, "template": "disk <*> full", "count": 3},
+        {"id": "b" * 16, "template": "disk <*> full", "count": 2,
+         "keys": [pattern_id("disk sda full")]}]})
+    a, b = m.patterns["a" * 16], m.patterns["b" * 16]
+    assert m.adopt_id(b.id, a.id)
+    assert not b.alive and b.live() is a and m.resolve(b.id) == a.id
+    assert a.count == 5 and list(m.patterns) == [a.id]
+    assert mine(m, k, "disk sda full") is a  # b's creation text now leads to a
+
+
+def test_adopt_id_leaves_conflicts_alone() -> None:
+    m, k = Miner(), Masker()
+    a = mine(m, k, "cache warm")
+    b = mine(m, k, "queue drained in 5 ms")
+    before = m.snapshot()
+    assert not m.adopt_id(a.id, b.id)  # another template lives under that id
+    assert not m.adopt_id(a.id, a.id)
+    assert not m.adopt_id("0" * 16, pattern_id("x"))  # not a live pattern
+    assert m.snapshot() == before

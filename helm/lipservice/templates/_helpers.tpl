@@ -63,9 +63,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (eq .Values.mode "gateway") .Values.storage.persistence.enabled }}true{{ end }}
 {{- end }}
 
+{{/*
+The LipService config as YAML: values.config, with `redis.enabled` merged into its
+storage (backend redis, the URL from the environment, the key namespace).
+*/}}
+{{- define "lipservice.config" -}}
+{{- $config := deepCopy .Values.config }}
+{{- if .Values.redis.enabled }}
+{{- $ns := .Values.redis.namespace | default (include "lipservice.fullname" .) }}
+{{- $shared := dict "backend" "redis" "redis_url" "${env:LIPSERVICE_REDIS_URL}" "redis" (dict "namespace" $ns) }}
+{{- $_ := set $config "storage" (merge $shared ($config.storage | default dict)) }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
 {{/* The config checksum: pods roll when the rendered config changes. */}}
 {{- define "lipservice.configChecksum" -}}
-{{- toYaml .Values.config | sha256sum }}
+{{- include "lipservice.config" . | sha256sum }}
 {{- end }}
 
 {{/*
@@ -84,6 +98,9 @@ prometheus.io/path: /metrics
 {{- define "lipservice.validate" -}}
 {{- if not (has .Values.mode (list "gateway" "sidecar")) }}
 {{- fail (printf "mode must be gateway or sidecar, got %q" .Values.mode) }}
+{{- end }}
+{{- if and .Values.redis.enabled (not (and .Values.existingSecret .Values.secretKeys.LIPSERVICE_REDIS_URL)) }}
+{{- fail "redis.enabled needs the Redis URL from a Secret: set existingSecret (and secretKeys.LIPSERVICE_REDIS_URL to its key)" }}
 {{- end }}
 {{- if include "lipservice.usesPVC" . }}
 {{- $rwo := and (has "ReadWriteOnce" .Values.storage.persistence.accessModes) (not (has "ReadWriteMany" .Values.storage.persistence.accessModes)) }}
