@@ -23,7 +23,7 @@ from processors.sampling import SamplingProcessor
 
 T0 = 1_700_000_040.0
 SVC = "checkout"
-API_KEY = "sk-test-key-do-not-leak-0123456789"
+API_KEY = "test-openai-key-do-not-leak-0123456789"
 
 # pattern id -> (records per feed, severity_number, template)
 TRAFFIC: dict[str, tuple[int, int, str]] = {

@@ -89,7 +89,7 @@ async def test_good_answer_is_applied_and_versioned(llm, state, make_loop):
     assert req["response_format"]["type"] == "json_schema"
     assert req["response_format"]["json_schema"]["strict"] is True
     assert req["response_format"]["json_schema"]["schema"] == answer_schema()
-    assert llm.headers[0]["Authorization"] == "Bearer sk-test-key-do-not-leak-0123456789"
+    assert llm.headers[0]["Authorization"] == "Bearer test-openai-key-do-not-leak-0123456789"
 
     # a second good answer is the next version
     llm.answers.append(Answer(policy_answer("less cache", patterns={NOISY: 0.02,

@@ -17,9 +17,9 @@ SERVICE = "svc-zebra-canary-77"
 # (body, template a miner gives it); the last template keeps a value, as a miner that
 # missed a variable would: the prompt must still not carry it.
 RECORDS = [
-    ("user alice.w@corp-mail.example logged in with token sk-live-Q7f9Zx2mK4pL8sV3nB6c "
+    ("user alice.w@corp-mail.example logged in with token tok-live-Q7f9Zx2mK4pL8sV3nB6c "
      "from 203.0.113.77", "user <*> logged in with token <*> from <*>"),
-    ("user bob.k@corp-mail.example logged in with token sk-live-Hh3Jj5Kk7Ll9Mm1Nn2Bb "
+    ("user bob.k@corp-mail.example logged in with token tok-live-Hh3Jj5Kk7Ll9Mm1Nn2Bb "
      "from 198.51.100.23", "user <*> logged in with token <*> from <*>"),
     ("payment card 4111-1111-1111-1111 charged 129.99 EUR order ORD-88231-XK",
      "payment card <*> charged <*> EUR order <*>"),
@@ -28,8 +28,8 @@ RECORDS = [
     ("reset password=hunter2-correct-horse for account admin",
      "reset password=hunter2-correct-horse for account <*>"),
 ]
-SECRETS = ["alice.w@corp-mail.example", "sk-live-Q7f9Zx2mK4pL8sV3nB6c", "203.0.113.77",
-           "bob.k@corp-mail.example", "sk-live-Hh3Jj5Kk7Ll9Mm1Nn2Bb", "198.51.100.23",
+SECRETS = ["alice.w@corp-mail.example", "tok-live-Q7f9Zx2mK4pL8sV3nB6c", "203.0.113.77",
+           "bob.k@corp-mail.example", "tok-live-Hh3Jj5Kk7Ll9Mm1Nn2Bb", "198.51.100.23",
            "4111-1111-1111-1111", "129.99", "ORD-88231-XK", "Zq8PxW7vRt5yU2iO3pAs4dFg",
            "hunter2", "correct-horse", "eyJhbGciOiJIUzI1NiJ9", "pod-secret-xyz", SERVICE,
            API_KEY]

@@ -15,7 +15,7 @@ from collector.queue import ExportQueue
 from collector.receivers import codec
 from tests.collector.wire_support import GrpcAnswer, GrpcSink, make_request, wait_for
 
-TOKEN = "phc_grpcT0kenValue0123456789"
+TOKEN = "phx_grpcT0kenValue0123456789"
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from collector.exporters.otlphttp import OtlpHttpExporter, parse_retry_after
 from collector.queue import ExportQueue
 from tests.collector.wire_support import HttpAnswer, HttpSink, make_request, metric, wait_for
 
-TOKEN = "phc_s3cr3tT0kenValue0123456789"
+TOKEN = "phx_s3cr3tT0kenValue0123456789"
 
 
 @pytest.fixture
