@@ -50,7 +50,8 @@ A message is mined on its first 64 KiB and its first ``max_tokens`` tokens.
 What it writes: attribute ``log.pattern.id`` (16 hex characters, see processors/miner.py
 and docs/signature.md for the id and alias rules) on every record, and
 ``log.record.template`` (the Collector drainprocessor's name) when ``emit_template`` is
-true; ``batch.pattern_ids[i]`` and ``batch.templates[i]`` for the processors after it.
+true; ``batch.pattern_ids[i]``, ``batch.templates[i]`` and ``batch.bodies`` (the string
+bodies it read) for the processors after it.
 Patterns are shared by all services in the batch (the id depends on the template only).
 
 Hot path (one pass per batch, lookups from cheapest to dearest):
@@ -137,7 +138,14 @@ class SignatureProcessor:
         self._key_set = frozenset(self._keys)
         self._bodies: dict[str, Pattern] = {}
         self._shapes: dict[str, Pattern] = {}
-        self._skeletons: dict[bytes, tuple[Pattern, tuple[tuple[int, int, bytes], ...]]] = {}
+        # skeleton -> (spans of the tokens whose masked form keeps digits, {their bytes
+        # joined: pattern}); see pattern_for. _skeleton_entries counts the inner entries.
+        self._skeletons: dict[bytes, tuple[tuple[tuple[int, int], ...],
+                                           dict[bytes, Pattern]]] = {}
+        self._skeleton_entries = 0
+        # Body cache use (see _body_cache_full): lookups and misses since it last filled.
+        self._body_caching = True
+        self._body_lookups = self._body_misses = self._body_resume = 0
         self.records_total = 0
         self.cache_misses_total = 0
         self._seed()
@@ -159,15 +167,21 @@ class SignatureProcessor:
         records = batch.records
         if not records:
             return
+        if not self._body_caching and self._body_lookups >= self._body_resume:
+            self._resume_body_cache()
+        self._body_lookups += len(records)
         bodies_get = self._bodies.get
-        slow = self._pattern_of
+        new_body = self._new_body
         pats: list[Pattern] = []
         add = pats.append
-        for rec in records:
-            text = rec.body.string_value
-            p = bodies_get(text) if text else None
-            if p is None or not p.alive:
-                p = slow(rec, text)
+        texts = [rec.body.string_value for rec in records]
+        for rec, text in zip(records, texts, strict=True):
+            if text:
+                p = bodies_get(text)
+                if p is None or not p.alive:
+                    p = new_body(text)
+            else:
+                p = self.pattern_for(self.message_of_value(rec.body))
             add(p)
         # decided; now mutate
         self.records_total += len(pats)
@@ -180,6 +194,7 @@ class SignatureProcessor:
             rec.MergeFromString(p.attr_bytes or attrs(p))
         batch.pattern_ids[:] = [p.id for p in pats]
         batch.templates[:] = [p.template for p in pats]
+        batch.bodies = texts
 
     def _attr_bytes(self, p: Pattern) -> bytes:
         attrs = [KeyValue(key=ATTR_PATTERN_ID, value=AnyValue(string_value=p.id))]
@@ -188,24 +203,23 @@ class SignatureProcessor:
         p.attr_bytes = LogRecord(attributes=attrs).SerializeToString()
         return p.attr_bytes
 
-    def _pattern_of(self, rec: LogRecord, text: str) -> Pattern:
-        """The pattern of a record whose string body is not in the body cache (or whose
-        body is not a string)."""
-        if text:
-            return self.pattern_of_body(text)
-        return self.pattern_for(self.message_of_value(rec.body))
-
     def pattern_of_body(self, text: str) -> Pattern:
         """The live pattern of a string body (body cache, message extraction, mining): what
         ``process`` does for one record, without the protobuf work."""
+        self._body_lookups += 1
+        cached = self._bodies.get(text)
+        if cached is not None and cached.alive:
+            return cached
+        return self._new_body(text)
+
+    def _new_body(self, text: str) -> Pattern:
+        """pattern_of_body after a body-cache miss (or a hit on a dead pattern)."""
+        self._body_misses += 1
         cached = self._bodies.get(text)
         if cached is not None:
-            if cached.alive:
-                return cached
             live = cached.live()
             if live is not None:
-                if live is not cached:
-                    self._bodies[text] = live
+                self._bodies[text] = live
                 return live
         head = text[:1]
         if head == "{" or head.isspace() or ("=" in text and self.config.parse_logfmt):
@@ -213,11 +227,29 @@ class SignatureProcessor:
         else:
             message = text
         p = self.pattern_for(message)
-        if len(text) <= MAX_CACHED_CHARS:
+        if self._body_caching and len(text) <= MAX_CACHED_CHARS:
             if len(self._bodies) >= self.config.cache_size:
-                self._bodies.clear()
-            self._bodies[text] = p
+                self._body_cache_full()
+            if self._body_caching:
+                self._bodies[text] = p
         return p
+
+    def _body_cache_full(self) -> None:
+        """Clear the full body cache; if it answered fewer than a quarter of the lookups
+        since it was last cleared (every body new, as when lines carry timestamps), stop
+        filling it for the next 4 x cache_size bodies: inserting bodies that never repeat
+        costs more than the skeleton cache it would spare."""
+        hits = self._body_lookups - self._body_misses
+        if hits * 4 < self._body_lookups:
+            self._body_caching = False
+            self._body_resume = self._body_lookups + 4 * self.config.cache_size
+        else:
+            self._body_lookups = self._body_misses = 0
+        self._bodies.clear()
+
+    def _resume_body_cache(self) -> None:
+        self._body_caching = True
+        self._body_lookups = self._body_misses = 0
 
     def pattern_for(self, message: str) -> Pattern:
         """The live pattern of a message text: skeleton cache, else masking, shape cache,
@@ -226,19 +258,28 @@ class SignatureProcessor:
         The skeleton of a message is its UTF-8 with every digit replaced by ``5`` (and
         ``0x``/``0X`` kept apart). No masking rule depends on digit values, so two
         messages with one skeleton mask alike, except in tokens whose masked form still
-        holds digits (``ssh2``); the bytes of those tokens are stored and compared."""
+        holds digits (``ssh2``, ``R02-M1-N0``): the skeleton entry lists those tokens'
+        byte spans (the same for every message of the skeleton) and maps their bytes,
+        joined, to the pattern; so each set of such values is masked once, then found by
+        one slice and one lookup."""
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[:MAX_MESSAGE_CHARS]
         b = message.encode("utf-8", "surrogatepass")
         skeleton = b.replace(b"0x", b"\xff\xfe").replace(b"0X", b"\xff\xfd").translate(_TO_5)
         entry = self._skeletons.get(skeleton)
+        value = b""
         if entry is not None:
-            p, checks = entry
-            if not checks or all(b[start:end] == value for start, end, value in checks):
+            spans, by_value = entry
+            if spans:
+                value = (b[spans[0][0]:spans[0][1]] if len(spans) == 1
+                         else b"".join([b[s:e] for s, e in spans]))
+            p = by_value.get(value)
+            if p is not None:
                 if p.alive:
                     return p
                 live = p.live()
                 if live is not None:
+                    by_value[value] = live
                     return live
         toks, masked = self.masker.classify(message)
         pre = " ".join(masked)
@@ -256,11 +297,17 @@ class SignatureProcessor:
             self._shapes[pre] = live
         if len(b) > MAX_CACHED_CHARS:
             return live
-        if len(self._skeletons) >= self.config.cache_size:
+        if self._skeleton_entries >= self.config.cache_size:
             self._skeletons.clear()
-        kb = pre.encode("utf-8", "surrogatepass")
-        checks = () if kb.translate(None, _DIGITS) == kb else self._digit_checks(message, b)
-        self._skeletons[skeleton] = (live, checks)
+            self._skeleton_entries = 0
+            entry = None
+        if entry is None:
+            kb = pre.encode("utf-8", "surrogatepass")
+            checks = () if kb.translate(None, _DIGITS) == kb else self._digit_checks(message, b)
+            entry = self._skeletons[skeleton] = (tuple((s, e) for s, e, _ in checks), {})
+            value = b"".join([v for _, _, v in checks])
+        entry[1][value] = live
+        self._skeleton_entries += 1
         return live
 
     def _digit_checks(self, message: str, b: bytes) -> tuple[tuple[int, int, bytes], ...]:
@@ -336,6 +383,7 @@ class SignatureProcessor:
         self._bodies.clear()
         self._shapes.clear()
         self._skeletons.clear()
+        self._skeleton_entries = 0
         self._seed()
 
     def resolve(self, pattern_id: str) -> str:
