@@ -6,12 +6,14 @@ This file is the data path; read it top to bottom::
       │  admission: every exporter queue has room, else Refused (retryable at the receiver)
       ▼
     LogBatch(request, now)                       flat view + per-record side data
-      │  observed_time_unix_nano filled where 0
       ▼
     processor 1 … processor N                    in place; a processor that raises fails
       │                                          open: the batch goes on as it was
+      │  observed_time_unix_nano filled where 0 (on the records that are left)
       ▼
     ExportQueue per exporter                     bounded, retrying, drained on shutdown
+                                                 (a copy of the request when most of its
+                                                 records were dropped: LogBatch.compacted)
 
 No processor is known here by name: the YAML's ``service.pipelines.logs.processors`` list
 is built through the registry in ``processors/__init__.py``.
@@ -96,10 +98,6 @@ class Pipeline:
     def process(self, request: ExportLogsServiceRequest) -> LogBatch:
         """Run the processors over one request, in place; returns the batch."""
         batch = LogBatch(request, self.clock())
-        now_ns = int(batch.now * 1e9)
-        for rec in batch.records:
-            if not rec.observed_time_unix_nano:
-                rec.observed_time_unix_nano = now_ns
         started = time.perf_counter()
         for i, (name, proc) in enumerate(self.processors):
             n = len(batch)
@@ -112,6 +110,11 @@ class Pipeline:
                 log.exception("processor %s raised on a batch of %d records; "
                               "passing the batch on unprocessed", name, n)
             self._out[i].inc(len(batch))
+        # After the processors, so that records they drop never cost the write.
+        now_ns = int(batch.now * 1e9)
+        for rec in batch.records:
+            if not rec.observed_time_unix_nano:
+                rec.observed_time_unix_nano = now_ns
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
         return batch
 
@@ -126,8 +129,9 @@ class Pipeline:
 
     def emit(self, batch: LogBatch) -> None:
         """Hand the surviving records to every exporter queue."""
+        request = batch.compacted()
         for q in self.queues:
-            q.put(batch.request, len(batch))
+            q.put(request, len(batch))
 
     async def start(self) -> None:
         for q in self.queues:
