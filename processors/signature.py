@@ -79,7 +79,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -139,10 +139,17 @@ class SignatureProcessor:
         self._bodies: dict[str, Pattern] = {}
         self._shapes: dict[str, Pattern] = {}
         # skeleton -> (spans of the tokens whose masked form keeps digits, {their bytes
-        # joined: pattern}); see pattern_for. _skeleton_entries counts the inner entries.
+        # joined: pattern}, whether the skeleton's texts are plain (_is_plain)); see
+        # pattern_for. _skeleton_entries counts the inner entries.
         self._skeletons: dict[bytes, tuple[tuple[tuple[int, int], ...],
-                                           dict[bytes, Pattern]]] = {}
+                                           dict[bytes, Pattern], bool]] = {}
         self._skeleton_entries = 0
+        # skeleton -> pattern, for skeletons of plain messages (see _is_plain) without
+        # digit-keeping tokens: looked up for a whole batch at once (process).
+        self._plain: dict[bytes, Pattern] = {}
+        # Merges and evictions seen by the caches; any new one clears _bodies and _plain,
+        # so their entries are live and need no check per record.
+        self._deaths = 0
         # Body cache use (see _body_cache_full): lookups and misses since it last filled.
         self._body_caching = True
         self._body_lookups = self._body_misses = self._body_resume = 0
@@ -162,29 +169,28 @@ class SignatureProcessor:
     # ------------------------------------------------------------------ hot path
 
     def process(self, batch: LogBatch) -> None:
-        """Annotate every record of the batch in place (one pass; fail-open: all patterns
-        are found before any record is touched)."""
+        """Annotate every record of the batch in place (fail-open: all patterns are found
+        before any record is touched)."""
         records = batch.records
         if not records:
             return
+        self._forget_dead()
+        n = len(records)
         if not self._body_caching and self._body_lookups >= self._body_resume:
             self._resume_body_cache()
-        self._body_lookups += len(records)
-        bodies_get = self._bodies.get
-        new_body = self._new_body
-        pats: list[Pattern] = []
-        add = pats.append
+        self._body_lookups += n
         texts = [rec.body.string_value for rec in records]
-        for rec, text in zip(records, texts, strict=True):
-            if text:
-                p = bodies_get(text)
-                if p is None or not p.alive:
-                    p = new_body(text)
-            else:
-                p = self.pattern_for(self.message_of_value(rec.body))
-            add(p)
+        found: list[Pattern | None]
+        if self._bodies:
+            found = list(map(self._bodies.get, texts))
+            if None in found:
+                self._find(records, texts, found, [i for i, p in enumerate(found) if p is None])
+        else:
+            found = [None] * n
+            self._find(records, texts, found, None)
+        pats: list[Pattern] = found  # type: ignore[assignment]  # every entry is set now
         # decided; now mutate
-        self.records_total += len(pats)
+        self.records_total += n
         counts = Counter(pats)
         for p, c in counts.items():
             p.count += c
@@ -196,6 +202,94 @@ class SignatureProcessor:
         batch.templates[:] = [p.template for p in pats]
         batch.bodies = texts
 
+    def _forget_dead(self) -> None:
+        """Clear the caches that hold patterns without a liveness check when the miner
+        merged or evicted any pattern since the last batch (rare after warm-up)."""
+        deaths = self.miner.merged_total + self.miner.evicted_total
+        if deaths != self._deaths:
+            self._deaths = deaths
+            self._bodies.clear()
+            self._plain.clear()
+
+    def _find(self, records: list[LogRecord], texts: list[str], found: list[Pattern | None],
+              todo: list[int] | None) -> None:
+        """Fill ``found[i]`` for every i in ``todo`` (None: all), the body-cache misses.
+
+        All their skeletons are made at once (one encode, replace, translate and split over
+        the joined bodies) and looked up in ``_plain`` with one C-level map; only records
+        whose skeleton is not there (new shapes, digit-keeping tokens, JSON/logfmt/kvlist
+        bodies) take the per-record path."""
+        idx = range(len(texts)) if todo is None else todo
+        sub = texts if todo is None else [texts[i] for i in todo]
+        self._body_misses += len(sub)
+        whole = "\0".join(sub).encode("utf-8", "surrogatepass")
+        skels = whole.replace(b"0x", b"\xff\xfe").replace(b"0X", b"\xff\xfd") \
+            .translate(_TO_5).split(b"\0")
+        hits: list[Pattern | None]
+        if len(skels) == len(sub):
+            hits = list(map(self._plain.get, skels))
+        else:  # a body holds a NUL: one at a time
+            skels = []
+            hits = [None] * len(sub)
+        if todo is None:
+            found[:] = hits
+        else:
+            for i, p in zip(todo, hits, strict=True):
+                found[i] = p
+        if None in hits:
+            self._find_rest(records, sub, idx, skels, whole, hits, found)
+        if self._body_caching:
+            bodies = self._bodies
+            if len(bodies) + len(sub) > self.config.cache_size:
+                self._body_cache_full()
+            if self._body_caching:
+                if "" not in sub and max(map(len, sub)) <= MAX_CACHED_CHARS:
+                    bodies.update(zip(sub, [found[i] for i in idx], strict=True))
+                else:
+                    for i, text in zip(idx, sub, strict=True):
+                        if text and len(text) <= MAX_CACHED_CHARS:
+                            bodies[text] = found[i]  # type: ignore[assignment]
+
+    def _find_rest(self, records: list[LogRecord], sub: list[str], idx: Sequence[int],
+                   skels: list[bytes], whole: bytes, hits: list[Pattern | None],
+                   found: list[Pattern | None]) -> None:
+        """_find for the records not in ``_plain``: plain bodies whose skeleton has
+        digit-keeping tokens are looked up by those tokens' bytes (skeleton and bytes
+        already made), everything else takes the per-record path."""
+        parse_logfmt = self.config.parse_logfmt
+        skel_get = self._skeletons.get
+        bs = whole.split(b"\0") if skels else []
+        for k, p in enumerate(hits):
+            if p is not None:
+                continue
+            text = sub[k]
+            i = idx[k]
+            entry = skel_get(skels[k]) if skels else None
+            # entry[2]: the skeleton's texts are plain (the same for all of them)
+            if entry is not None and entry[2]:
+                b = bs[k]
+                spans, by_value, _ = entry
+                value = (b[spans[0][0]:spans[0][1]] if len(spans) == 1
+                         else b"".join([b[s:e] for s, e in spans]))
+                p = by_value.get(value)
+                if p is not None and not p.alive:
+                    p = p.live()
+                if p is not None and not spans:
+                    self._plain[skels[k]] = p  # (again) after a clear
+                found[i] = p if p is not None else self._mine(text, b, skels[k])
+            elif entry is None and skels and _is_plain(text, parse_logfmt):
+                found[i] = self._mine(text, bs[k], skels[k])
+            else:
+                found[i] = self._pattern_of_text(records[i], text)
+
+    def _pattern_of_text(self, record: LogRecord, text: str) -> Pattern:
+        """The pattern of one record whose body missed the batch lookups."""
+        if not text:
+            return self.pattern_for(self.message_of_value(record.body))
+        if _is_plain(text, self.config.parse_logfmt):
+            return self.pattern_for(text)
+        return self.pattern_for(self.message_of_string(text))
+
     def _attr_bytes(self, p: Pattern) -> bytes:
         attrs = [KeyValue(key=ATTR_PATTERN_ID, value=AnyValue(string_value=p.id))]
         if self.config.emit_template:
@@ -206,27 +300,14 @@ class SignatureProcessor:
     def pattern_of_body(self, text: str) -> Pattern:
         """The live pattern of a string body (body cache, message extraction, mining): what
         ``process`` does for one record, without the protobuf work."""
+        self._forget_dead()
         self._body_lookups += 1
         cached = self._bodies.get(text)
-        if cached is not None and cached.alive:
-            return cached
-        return self._new_body(text)
-
-    def _new_body(self, text: str) -> Pattern:
-        """pattern_of_body after a body-cache miss (or a hit on a dead pattern)."""
-        self._body_misses += 1
-        cached = self._bodies.get(text)
         if cached is not None:
-            live = cached.live()
-            if live is not None:
-                self._bodies[text] = live
-                return live
-        head = text[:1]
-        if head == "{" or head.isspace() or ("=" in text and self.config.parse_logfmt):
-            message = self.message_of_string(text)
-        else:
-            message = text
-        p = self.pattern_for(message)
+            return cached
+        self._body_misses += 1
+        p = self.pattern_for(text) if _is_plain(text, self.config.parse_logfmt) \
+            else self.pattern_for(self.message_of_string(text))
         if self._body_caching and len(text) <= MAX_CACHED_CHARS:
             if len(self._bodies) >= self.config.cache_size:
                 self._body_cache_full()
@@ -267,20 +348,21 @@ class SignatureProcessor:
         b = message.encode("utf-8", "surrogatepass")
         skeleton = b.replace(b"0x", b"\xff\xfe").replace(b"0X", b"\xff\xfd").translate(_TO_5)
         entry = self._skeletons.get(skeleton)
-        value = b""
         if entry is not None:
-            spans, by_value = entry
-            if spans:
-                value = (b[spans[0][0]:spans[0][1]] if len(spans) == 1
-                         else b"".join([b[s:e] for s, e in spans]))
+            spans, by_value, plain = entry
+            value = b"" if not spans else b"".join([b[s:e] for s, e in spans])
             p = by_value.get(value)
             if p is not None:
-                if p.alive:
-                    return p
-                live = p.live()
+                live = p if p.alive else p.live()
                 if live is not None:
-                    by_value[value] = live
+                    if plain and not spans:
+                        self._plain[skeleton] = live  # (again) after a clear
                     return live
+        return self._mine(message, b, skeleton)
+
+    def _mine(self, message: str, b: bytes, skeleton: bytes) -> Pattern:
+        """pattern_for after a skeleton-cache miss: masking, shape cache, the tree; then
+        the skeleton entry (``b``: the message's UTF-8) is filled."""
         toks, masked = self.masker.classify(message)
         pre = " ".join(masked)
         p = self._shapes.get(pre)
@@ -299,15 +381,21 @@ class SignatureProcessor:
             return live
         if self._skeleton_entries >= self.config.cache_size:
             self._skeletons.clear()
+            self._plain.clear()
             self._skeleton_entries = 0
-            entry = None
+        entry = self._skeletons.get(skeleton)
         if entry is None:
             kb = pre.encode("utf-8", "surrogatepass")
             checks = () if kb.translate(None, _DIGITS) == kb else self._digit_checks(message, b)
-            entry = self._skeletons[skeleton] = (tuple((s, e) for s, e, _ in checks), {})
+            entry = self._skeletons[skeleton] = (tuple((s, e) for s, e, _ in checks), {},
+                                                 _is_plain(message, self.config.parse_logfmt))
             value = b"".join([v for _, _, v in checks])
+        else:
+            value = b"".join([b[s:e] for s, e in entry[0]])
         entry[1][value] = live
         self._skeleton_entries += 1
+        if entry[2] and not entry[0]:
+            self._plain[skeleton] = live
         return live
 
     def _digit_checks(self, message: str, b: bytes) -> tuple[tuple[int, int, bytes], ...]:
@@ -383,7 +471,9 @@ class SignatureProcessor:
         self._bodies.clear()
         self._shapes.clear()
         self._skeletons.clear()
+        self._plain.clear()
         self._skeleton_entries = 0
+        self._deaths = 0
         self._seed()
 
     def resolve(self, pattern_id: str) -> str:
@@ -421,6 +511,22 @@ class SignatureProcessor:
         yield GaugeMetricFamily("lipservice_signature_cache_hit_ratio",
                                 "Share of records resolved from the body or shape cache.",
                                 value=ratio)
+
+
+def _is_plain(text: str, parse_logfmt: bool) -> bool:
+    """True when a string body is its own message (what message_of_string returns
+    unparsed): not empty, not over MAX_CACHED_CHARS, not a JSON object and not (with
+    ``parse_logfmt``) a logfmt candidate (its first ``=`` inside the first token). Digits
+    do not change the answer, so it holds for every text of one skeleton."""
+    if not text or len(text) > MAX_CACHED_CHARS:
+        return False
+    head = text[0]
+    if head == "{" or head.isspace():
+        return False
+    if parse_logfmt:  # a logfmt candidate as message_of_string sees one
+        eq = text.find("=")
+        return eq <= 0 or bool(text[:eq].strip().count(" "))
+    return True
 
 
 def anyvalue_text(value: AnyValue, depth: int = 0) -> str:
