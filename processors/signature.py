@@ -139,10 +139,11 @@ class SignatureProcessor:
         self._bodies: dict[str, Pattern] = {}
         self._shapes: dict[str, Pattern] = {}
         # skeleton -> (spans of the tokens whose masked form keeps digits, {their bytes
-        # joined: pattern}, whether the skeleton's texts are plain (_is_plain)); see
-        # pattern_for. _skeleton_entries counts the inner entries.
+        # joined: pattern} (the pattern itself when there are no such tokens), whether the
+        # skeleton's texts are plain (_is_plain)); see pattern_for. _skeleton_entries
+        # counts the patterns held.
         self._skeletons: dict[bytes, tuple[tuple[tuple[int, int], ...],
-                                           dict[bytes, Pattern], bool]] = {}
+                                           dict[bytes, Pattern] | Pattern, bool]] = {}
         self._skeleton_entries = 0
         # skeleton -> pattern, for skeletons of plain messages (see _is_plain) without
         # digit-keeping tokens: looked up for a whole batch at once (process).
@@ -268,10 +269,13 @@ class SignatureProcessor:
             # entry[2]: the skeleton's texts are plain (the same for all of them)
             if entry is not None and entry[2]:
                 b = bs[k]
-                spans, by_value, _ = entry
-                value = (b[spans[0][0]:spans[0][1]] if len(spans) == 1
-                         else b"".join([b[s:e] for s, e in spans]))
-                p = by_value.get(value)
+                spans, target, _ = entry
+                if not spans:
+                    p = target  # type: ignore[assignment]
+                else:
+                    value = (b[spans[0][0]:spans[0][1]] if len(spans) == 1
+                             else b"".join([b[s:e] for s, e in spans]))
+                    p = target.get(value)  # type: ignore[union-attr]
                 if p is not None and not p.alive:
                     p = p.live()
                 if p is not None and not spans:
@@ -349,9 +353,9 @@ class SignatureProcessor:
         skeleton = b.replace(b"0x", b"\xff\xfe").replace(b"0X", b"\xff\xfd").translate(_TO_5)
         entry = self._skeletons.get(skeleton)
         if entry is not None:
-            spans, by_value, plain = entry
-            value = b"" if not spans else b"".join([b[s:e] for s, e in spans])
-            p = by_value.get(value)
+            spans, target, plain = entry
+            p = target if not spans else target.get(  # type: ignore[union-attr,assignment]
+                b"".join([b[s:e] for s, e in spans]))
             if p is not None:
                 live = p if p.alive else p.live()
                 if live is not None:
@@ -387,14 +391,19 @@ class SignatureProcessor:
         if entry is None:
             kb = pre.encode("utf-8", "surrogatepass")
             checks = () if kb.translate(None, _DIGITS) == kb else self._digit_checks(message, b)
-            entry = self._skeletons[skeleton] = (tuple((s, e) for s, e, _ in checks), {},
-                                                 _is_plain(message, self.config.parse_logfmt))
-            value = b"".join([v for _, _, v in checks])
+            plain = _is_plain(message, self.config.parse_logfmt)
+            if checks:
+                self._skeletons[skeleton] = (tuple((s, e) for s, e, _ in checks),
+                                             {b"".join([v for _, _, v in checks]): live}, plain)
+            else:
+                self._skeletons[skeleton] = ((), live, plain)
+        elif entry[0]:
+            entry[1][b"".join([b[s:e] for s, e in entry[0]])] = live  # type: ignore[index]
         else:
-            value = b"".join([b[s:e] for s, e in entry[0]])
-        entry[1][value] = live
+            plain = entry[2]
+            self._skeletons[skeleton] = ((), live, plain)
         self._skeleton_entries += 1
-        if entry[2] and not entry[0]:
+        if not self._skeletons[skeleton][0] and self._skeletons[skeleton][2]:
             self._plain[skeleton] = live
         return live
 
