@@ -8,14 +8,16 @@ This file is the data path; read it top to bottom::
       │    every exporter queue has room (records and bytes)          → else 429/RESOURCE_EXHAUSTED
       ▼
     LogBatch(request, now)                       flat view + per-record side data
-      │  observed_time_unix_nano filled where 0
       ▼
     processor 1 … processor N                    in place; a processor that raises fails
       │                                          open: the batch goes on as it was
+      │  observed_time_unix_nano filled where 0 (on the records that are left)
       ▼
     ExportQueue per exporter                     bounded, batching, retrying; with
                                                  `sending_queue.storage` committed to
                                                  disk here, before the receiver answers
+                                                 (a copy of the request when most of its
+                                                 records were dropped: LogBatch.compacted)
 
 No processor is known here by name: the YAML's ``service.pipelines.logs.processors`` list
 is built through the registry in ``processors/__init__.py``.
@@ -130,10 +132,6 @@ class Pipeline:
     def process(self, request: ExportLogsServiceRequest) -> LogBatch:
         """Run the processors over one request, in place; returns the batch."""
         batch = LogBatch(request, self.clock())
-        now_ns = int(batch.now * 1e9)
-        for rec in batch.records:
-            if not rec.observed_time_unix_nano:
-                rec.observed_time_unix_nano = now_ns
         started = time.perf_counter()
         for i, (name, proc) in enumerate(self.processors):
             n = len(batch)
@@ -146,6 +144,11 @@ class Pipeline:
                 log.exception("processor %s raised on a batch of %d records; "
                               "passing the batch on unprocessed", name, n)
             self._out[i].inc(len(batch))
+        # After the processors, so that records they drop never cost the write.
+        now_ns = int(batch.now * 1e9)
+        for rec in batch.records:
+            if not rec.observed_time_unix_nano:
+                rec.observed_time_unix_nano = now_ns
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
         return batch
 
@@ -166,11 +169,12 @@ class Pipeline:
         """Hand the surviving records to every exporter queue (``nbytes``: their estimated
         serialized size). Raises Refused when a persistent queue cannot store them; queues
         earlier in the list keep the request (the client's retry may duplicate it there)."""
+        request = batch.compacted()
         if nbytes is None:
-            nbytes = batch.request.ByteSize() if self.queues else 0
+            nbytes = request.ByteSize() if self.queues else 0
         for q in self.queues:
             try:
-                q.put(batch.request, len(batch), nbytes)
+                q.put(request, len(batch), nbytes)
             except StorageError as err:
                 log.error("%s", err)
                 raise Refused(f"cannot store the request: {err}", "storage_error",

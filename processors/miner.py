@@ -50,6 +50,7 @@ Errors: none for any token list; ``restore`` raises ValueError on malformed stat
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import xxhash
@@ -78,7 +79,7 @@ class Pattern:
         self.count = 0
         self.alive = True
         self.merged_into: Pattern | None = None
-        self.leaf: list[Pattern] | None = None
+        self.leaf: Leaf | None = None
         self.path = path
         self.seq = seq
         self.keys: list[str] = []  # creation-template ids that lead to this pattern
@@ -90,6 +91,39 @@ class Pattern:
         while p is not None and not p.alive:
             p = p.merged_into
         return p
+
+
+INDEX_FROM = 32
+"""Leaves with more patterns than this keep a (position, token) index (see Leaf)."""
+
+
+class Leaf(dict):  # Pattern -> None: an ordered set, O(1) removal
+    """The patterns of one tree leaf, in insertion order, and once the leaf holds more than
+    INDEX_FROM of them, an index per position ``token -> patterns with that token there``
+    (``<*>`` included), so that matching looks at the few patterns that share a token with
+    the message instead of all of them (a source with 100k templates puts thousands in the
+    ``<*>`` leaves). A posting of one pattern is the pattern itself (most are: a dict each
+    would cost ~100 MB at 50k patterns). Updated by Miner._leaf_add/_leaf_remove only."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, patterns: Iterable[Pattern] = ()) -> None:
+        super().__init__((p, None) for p in patterns)
+        self.index: list[dict[str, Pattern | dict[Pattern, None]]] | None = None
+
+    def append(self, p: Pattern) -> None:
+        self[p] = None
+
+    def remove(self, p: Pattern) -> None:
+        del self[p]
+
+    def posting(self, i: int, token: str) -> Collection[Pattern]:
+        """The patterns with ``token`` at position ``i`` (needs the index)."""
+        assert self.index is not None
+        got = self.index[i].get(token)
+        if got is None:
+            return ()
+        return (got,) if type(got) is Pattern else got  # type: ignore[return-value]
 
 
 class Miner:
@@ -117,6 +151,7 @@ class Miner:
         self.min_variable_values = min_variable_values
         self.max_patterns = max_patterns
         self._root: dict[int, dict[str, Any]] = {}
+        self._least: dict[int, int] = {}  # see _least_same
         self.patterns: OrderedDict[str, Pattern] = OrderedDict()  # id -> live, LRU first
         self.aliases: dict[str, str] = {}  # merged id -> surviving id (insertion ordered)
         self._created: dict[str, Pattern] = {}  # creation-template id -> pattern
@@ -144,7 +179,8 @@ class Miner:
             if best is not None:
                 if not diff:
                     return best
-                siblings = [q for q in leaf if _fits_outside(q.tokens, tokens, diff)]
+                siblings = [q for q in _fitting(leaf, tokens, diff)
+                            if _fits_outside(q.tokens, tokens, diff)]
                 if len(siblings) + 1 >= self.min_variable_values * len(diff) or \
                         all(tokens[i] == VAR for i in diff):
                     keep = self._merge(siblings, tokens)
@@ -152,7 +188,7 @@ class Miner:
                     return keep
         return self._create(tokens, key_id)
 
-    def _find_leaf(self, tokens: list[str]) -> list[Pattern] | None:
+    def _find_leaf(self, tokens: list[str]) -> Leaf | None:
         node = self._root.get(len(tokens))
         if node is None:
             return None
@@ -166,7 +202,7 @@ class Miner:
         return node.get(_LEAF)
 
     def _make_leaf(self, tokens: list[str], path: tuple[str, ...] | None = None,
-                   ) -> tuple[list[Pattern], tuple[str, ...]]:
+                   ) -> tuple[Leaf, tuple[str, ...]]:
         node = self._root.get(len(tokens))
         if node is None:
             node = self._root[len(tokens)] = {}
@@ -185,16 +221,16 @@ class Miner:
             node = child
         leaf = node.get(_LEAF)
         if leaf is None:
-            leaf = node[_LEAF] = []
+            leaf = node[_LEAF] = Leaf()
         return leaf, tuple(keys)
 
-    def _best(self, leaf: list[Pattern], tokens: list[str]) -> tuple[Pattern | None, list[int]]:
+    def _best(self, leaf: Leaf, tokens: list[str]) -> tuple[Pattern | None, list[int]]:
         """The closest pattern of the leaf and the positions where its constant tokens
         differ from ``tokens`` ([] for an exact fit); (None, []) below the threshold."""
         best = None
         best_key = (-1.0, 0, 0)
         n = len(tokens)
-        for p in leaf:
+        for p in self._candidates(leaf, tokens):
             same = wild = 0
             for a, b in zip(p.tokens, tokens, strict=True):
                 if a == b:
@@ -209,6 +245,42 @@ class Miner:
         diff = [i for i, (a, b) in enumerate(zip(best.tokens, tokens, strict=True))
                 if a != b and a != VAR]
         return best, diff
+
+    def _candidates(self, leaf: Leaf, tokens: list[str]) -> Iterable[Pattern]:
+        """The patterns of the leaf that can pass _best's threshold: all of them, or with an
+        index, those sharing a token with the message at one of the positions chosen so
+        that every qualifying pattern must share one there.
+
+        A pattern qualifies by fitting exactly (each position equal or ``<*>``: it is in
+        the posting lists of (i, token) or (i, ``<*>``) for every i, so the position with
+        the shortest pair is enough) or by sharing at least ``s`` of the ``n`` positions,
+        ``s`` the least count with ``s / n >= sim_threshold``: then it shares one of any
+        ``n - s + 1`` positions (pigeonhole), so the shortest such lists are enough."""
+        if leaf.index is None:
+            return leaf
+        n = len(tokens)
+        if n == 0:
+            return leaf
+        s = self._least_same(n)
+        posting = leaf.posting
+        own = [posting(i, t) for i, t in enumerate(tokens)]
+        var = [posting(i, VAR) if t != VAR else () for i, t in enumerate(tokens)]
+        out: dict[Pattern, None] = {}
+        for i in sorted(range(n), key=lambda i: len(own[i]))[: n - s + 1]:
+            out.update(dict.fromkeys(own[i]))
+        fit = min(range(n), key=lambda i: len(own[i]) + len(var[i]))
+        out.update(dict.fromkeys(own[fit]))
+        out.update(dict.fromkeys(var[fit]))
+        return out
+
+    def _least_same(self, n: int) -> int:
+        """The least number of equal positions s with s / n >= sim_threshold (the same
+        float comparison as _best's), at least 1."""
+        s = self._least.get(n)
+        if s is None:
+            s = next((k for k in range(1, n + 1) if k / n >= self.sim_threshold), n)
+            self._least[n] = s
+        return s
 
     # ------------------------------------------------------------------ changes
 
@@ -227,10 +299,26 @@ class Miner:
         self._evict()
         return p
 
-    def _insert(self, p: Pattern, leaf: list[Pattern]) -> None:
+    def _insert(self, p: Pattern, leaf: Leaf) -> None:
         p.leaf = leaf
-        leaf.append(p)
+        self._leaf_add(leaf, p)
         self.patterns[p.id] = p
+
+    @staticmethod
+    def _leaf_add(leaf: Leaf, p: Pattern) -> None:
+        leaf.append(p)
+        if leaf.index is not None:
+            _index_add(leaf, p)
+        elif len(leaf) > INDEX_FROM:
+            leaf.index = [{} for _ in p.tokens]  # one leaf: one token count
+            for q in leaf:
+                _index_add(leaf, q)
+
+    @staticmethod
+    def _leaf_remove(leaf: Leaf, p: Pattern) -> None:
+        leaf.remove(p)
+        if leaf.index is not None:
+            _index_remove(leaf, p)
 
     def _remember(self, key_id: str, p: Pattern) -> None:
         old = self._created.get(key_id)
@@ -250,7 +338,12 @@ class Miner:
             for i, (a, b) in enumerate(zip(new, toks, strict=True)):
                 if a != b:
                     new[i] = VAR
+        indexed = keep.leaf is not None and keep.leaf.index is not None
+        if indexed:
+            _index_remove(keep.leaf, keep)  # type: ignore[arg-type]
         keep.tokens = new
+        if indexed:
+            _index_add(keep.leaf, keep)  # type: ignore[arg-type]
         keep.template = " ".join(new)
         keep.attr_bytes = None
         for q in group[1:]:
@@ -276,7 +369,7 @@ class Miner:
     def _unlink(self, p: Pattern) -> None:
         p.alive = False
         if p.leaf is not None:
-            p.leaf.remove(p)
+            self._leaf_remove(p.leaf, p)
             if not p.leaf:
                 self._prune(len(p.tokens), p.path)
             p.leaf = None
@@ -409,6 +502,46 @@ class Miner:
         self._seq = max([counters[0], *(r[3] for r in rows)])
         self.created_total, self.evicted_total, self.merged_total = counters[1:]
         self._evict()
+
+
+def _index_add(leaf: Leaf, p: Pattern) -> None:
+    assert leaf.index is not None
+    for by_token, tok in zip(leaf.index, p.tokens, strict=True):
+        got = by_token.get(tok)
+        if got is None:
+            by_token[tok] = p
+        elif type(got) is Pattern:
+            by_token[tok] = {got: None, p: None}
+        else:
+            got[p] = None  # type: ignore[index]
+
+
+def _index_remove(leaf: Leaf, p: Pattern) -> None:
+    assert leaf.index is not None
+    for by_token, tok in zip(leaf.index, p.tokens, strict=True):
+        got = by_token.get(tok)
+        if got is p:
+            del by_token[tok]
+        elif got is not None and type(got) is not Pattern:
+            got.pop(p, None)  # type: ignore[union-attr]
+            if len(got) == 1:  # type: ignore[arg-type]
+                by_token[tok] = next(iter(got))  # type: ignore[call-overload]
+
+
+def _fitting(leaf: Leaf, tokens: list[str], diff: list[int]) -> Iterable[Pattern]:
+    """The patterns of the leaf that can fit ``tokens`` outside ``diff`` (see
+    _fits_outside): with an index, those with the message's token or ``<*>`` at the
+    position outside ``diff`` whose two posting lists are shortest."""
+    skip = set(diff)
+    rest = [i for i in range(len(tokens)) if i not in skip]
+    if leaf.index is None or not rest:
+        return leaf
+    i = min(rest, key=lambda i: len(leaf.posting(i, tokens[i]))
+            + (len(leaf.posting(i, VAR)) if tokens[i] != VAR else 0))
+    out = dict.fromkeys(leaf.posting(i, tokens[i]))
+    if tokens[i] != VAR:
+        out.update(dict.fromkeys(leaf.posting(i, VAR)))
+    return out
 
 
 def _fits_outside(pat: list[str], tokens: list[str], diff: list[int]) -> bool:

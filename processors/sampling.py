@@ -198,15 +198,16 @@ def record_severity(record: LogRecord) -> int:
     return _resolve_severity(record, record.severity_number)
 
 
-def _resolve_severity(record: LogRecord, sn: int) -> int:
-    """record_severity, given the record's severity_number already read (hot path)."""
+def _resolve_severity(record: LogRecord, sn: int, s: str | None = None) -> int:
+    """record_severity, given the record's severity_number already read and, when known,
+    its string body ``s`` ("" for a body that is not a string) (hot path)."""
     if sn > 0:
         return sn if sn < 25 else 24
     text = record.severity_text
     if text:
         return _TEXT_SEVERITY.get(text.strip().upper(), 9)
-    body = record.body
-    s = body.string_value
+    if s is None:
+        s = record.body.string_value
     if s:
         head = s[:1]
         if head == "{" or (head.isspace() and s.lstrip()[:1] == "{"):
@@ -216,6 +217,7 @@ def _resolve_severity(record: LogRecord, sn: int) -> int:
                     return _TEXT_SEVERITY.get(m.group(1).upper(), 9)
                 return _numeric_level(int(m.group(2)))
         return 9
+    body = record.body
     if body.HasField("kvlist_value"):
         for kv in body.kvlist_value.values:
             if kv.key.lower() in _LEVEL_KEYS:
@@ -545,13 +547,16 @@ class SamplingProcessor:
         w_append = kept_w.append
         odd = st.odd_sev
         odd_get = odd.get
-        rows = (zip(records, keys, forced, strict=True) if forced is not None
-                else zip(records, keys, repeat(False)))
+        texts: Iterable[str | None] = repeat(None)
+        if batch.bodies is not None:
+            texts = batch.bodies if idx is None else [batch.bodies[i] for i in idx]
+        rows = zip(records, keys, repeat(False) if forced is None else forced, texts,
+                   strict=False)  # the repeat()s are endless
 
-        for rec, key, force in rows:
+        for rec, key, force, text in rows:
             sn = rec.severity_number
             if not 0 < sn < 25:
-                sn = _resolve_severity(rec, sn)
+                sn = _resolve_severity(rec, sn, text)
             v = seen_get(key, sn) + 32  # count << 5 | severity of the window's first record
             seen[key] = v
             c = v >> 5

@@ -50,7 +50,8 @@ A message is mined on its first 64 KiB and its first ``max_tokens`` tokens.
 What it writes: attribute ``log.pattern.id`` (16 hex characters, see processors/miner.py
 and docs/signature.md for the id and alias rules) on every record, and
 ``log.record.template`` (the Collector drainprocessor's name) when ``emit_template`` is
-true; ``batch.pattern_ids[i]`` and ``batch.templates[i]`` for the processors after it.
+true; ``batch.pattern_ids[i]``, ``batch.templates[i]`` and ``batch.bodies`` (the string
+bodies it read) for the processors after it.
 Patterns are shared by all services in the batch (the id depends on the template only).
 
 Hot path (one pass per batch, lookups from cheapest to dearest):
@@ -78,7 +79,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -137,7 +138,22 @@ class SignatureProcessor:
         self._key_set = frozenset(self._keys)
         self._bodies: dict[str, Pattern] = {}
         self._shapes: dict[str, Pattern] = {}
-        self._skeletons: dict[bytes, tuple[Pattern, tuple[tuple[int, int, bytes], ...]]] = {}
+        # skeleton -> (spans of the tokens whose masked form keeps digits, {their bytes
+        # joined: pattern} (the pattern itself when there are no such tokens), whether the
+        # skeleton's texts are plain (_is_plain)); see pattern_for. _skeleton_entries
+        # counts the patterns held.
+        self._skeletons: dict[bytes, tuple[tuple[tuple[int, int], ...],
+                                           dict[bytes, Pattern] | Pattern, bool]] = {}
+        self._skeleton_entries = 0
+        # skeleton -> pattern, for skeletons of plain messages (see _is_plain) without
+        # digit-keeping tokens: looked up for a whole batch at once (process).
+        self._plain: dict[bytes, Pattern] = {}
+        # Merges and evictions seen by the caches; any new one clears _bodies and _plain,
+        # so their entries are live and need no check per record.
+        self._deaths = 0
+        # Body cache use (see _body_cache_full): lookups and misses since it last filled.
+        self._body_caching = True
+        self._body_lookups = self._body_misses = self._body_resume = 0
         self.records_total = 0
         self.cache_misses_total = 0
         self._seed()
@@ -154,23 +170,28 @@ class SignatureProcessor:
     # ------------------------------------------------------------------ hot path
 
     def process(self, batch: LogBatch) -> None:
-        """Annotate every record of the batch in place (one pass; fail-open: all patterns
-        are found before any record is touched)."""
+        """Annotate every record of the batch in place (fail-open: all patterns are found
+        before any record is touched)."""
         records = batch.records
         if not records:
             return
-        bodies_get = self._bodies.get
-        slow = self._pattern_of
-        pats: list[Pattern] = []
-        add = pats.append
-        for rec in records:
-            text = rec.body.string_value
-            p = bodies_get(text) if text else None
-            if p is None or not p.alive:
-                p = slow(rec, text)
-            add(p)
+        self._forget_dead()
+        n = len(records)
+        if not self._body_caching and self._body_lookups >= self._body_resume:
+            self._resume_body_cache()
+        self._body_lookups += n
+        texts = [rec.body.string_value for rec in records]
+        found: list[Pattern | None]
+        if self._bodies:
+            found = list(map(self._bodies.get, texts))
+            if None in found:
+                self._find(records, texts, found, [i for i, p in enumerate(found) if p is None])
+        else:
+            found = [None] * n
+            self._find(records, texts, found, None)
+        pats: list[Pattern] = found  # type: ignore[assignment]  # every entry is set now
         # decided; now mutate
-        self.records_total += len(pats)
+        self.records_total += n
         counts = Counter(pats)
         for p, c in counts.items():
             p.count += c
@@ -180,6 +201,98 @@ class SignatureProcessor:
             rec.MergeFromString(p.attr_bytes or attrs(p))
         batch.pattern_ids[:] = [p.id for p in pats]
         batch.templates[:] = [p.template for p in pats]
+        batch.bodies = texts
+
+    def _forget_dead(self) -> None:
+        """Clear the caches that hold patterns without a liveness check when the miner
+        merged or evicted any pattern since the last batch (rare after warm-up)."""
+        deaths = self.miner.merged_total + self.miner.evicted_total
+        if deaths != self._deaths:
+            self._deaths = deaths
+            self._bodies.clear()
+            self._plain.clear()
+
+    def _find(self, records: list[LogRecord], texts: list[str], found: list[Pattern | None],
+              todo: list[int] | None) -> None:
+        """Fill ``found[i]`` for every i in ``todo`` (None: all), the body-cache misses.
+
+        All their skeletons are made at once (one encode, replace, translate and split over
+        the joined bodies) and looked up in ``_plain`` with one C-level map; only records
+        whose skeleton is not there (new shapes, digit-keeping tokens, JSON/logfmt/kvlist
+        bodies) take the per-record path."""
+        idx = range(len(texts)) if todo is None else todo
+        sub = texts if todo is None else [texts[i] for i in todo]
+        self._body_misses += len(sub)
+        whole = "\0".join(sub).encode("utf-8", "surrogatepass")
+        skels = whole.replace(b"0x", b"\xff\xfe").replace(b"0X", b"\xff\xfd") \
+            .translate(_TO_5).split(b"\0")
+        hits: list[Pattern | None]
+        if len(skels) == len(sub):
+            hits = list(map(self._plain.get, skels))
+        else:  # a body holds a NUL: one at a time
+            skels = []
+            hits = [None] * len(sub)
+        if todo is None:
+            found[:] = hits
+        else:
+            for i, p in zip(todo, hits, strict=True):
+                found[i] = p
+        if None in hits:
+            self._find_rest(records, sub, idx, skels, whole, hits, found)
+        if self._body_caching:
+            bodies = self._bodies
+            if len(bodies) + len(sub) > self.config.cache_size:
+                self._body_cache_full()
+            if self._body_caching:
+                if "" not in sub and max(map(len, sub)) <= MAX_CACHED_CHARS:
+                    bodies.update(zip(sub, [found[i] for i in idx], strict=True))
+                else:
+                    for i, text in zip(idx, sub, strict=True):
+                        if text and len(text) <= MAX_CACHED_CHARS:
+                            bodies[text] = found[i]  # type: ignore[assignment]
+
+    def _find_rest(self, records: list[LogRecord], sub: list[str], idx: Sequence[int],
+                   skels: list[bytes], whole: bytes, hits: list[Pattern | None],
+                   found: list[Pattern | None]) -> None:
+        """_find for the records not in ``_plain``: plain bodies whose skeleton has
+        digit-keeping tokens are looked up by those tokens' bytes (skeleton and bytes
+        already made), everything else takes the per-record path."""
+        parse_logfmt = self.config.parse_logfmt
+        skel_get = self._skeletons.get
+        bs = whole.split(b"\0") if skels else []
+        for k, p in enumerate(hits):
+            if p is not None:
+                continue
+            text = sub[k]
+            i = idx[k]
+            entry = skel_get(skels[k]) if skels else None
+            # entry[2]: the skeleton's texts are plain (the same for all of them)
+            if entry is not None and entry[2]:
+                b = bs[k]
+                spans, target, _ = entry
+                if not spans:
+                    p = target  # type: ignore[assignment]
+                else:
+                    value = (b[spans[0][0]:spans[0][1]] if len(spans) == 1
+                             else b"".join([b[s:e] for s, e in spans]))
+                    p = target.get(value)  # type: ignore[union-attr]
+                if p is not None and not p.alive:
+                    p = p.live()
+                if p is not None and not spans:
+                    self._plain[skels[k]] = p  # (again) after a clear
+                found[i] = p if p is not None else self._mine(text, b, skels[k])
+            elif entry is None and skels and _is_plain(text, parse_logfmt):
+                found[i] = self._mine(text, bs[k], skels[k])
+            else:
+                found[i] = self._pattern_of_text(records[i], text)
+
+    def _pattern_of_text(self, record: LogRecord, text: str) -> Pattern:
+        """The pattern of one record whose body missed the batch lookups."""
+        if not text:
+            return self.pattern_for(self.message_of_value(record.body))
+        if _is_plain(text, self.config.parse_logfmt):
+            return self.pattern_for(text)
+        return self.pattern_for(self.message_of_string(text))
 
     def _attr_bytes(self, p: Pattern) -> bytes:
         attrs = [KeyValue(key=ATTR_PATTERN_ID, value=AnyValue(string_value=p.id))]
@@ -188,36 +301,40 @@ class SignatureProcessor:
         p.attr_bytes = LogRecord(attributes=attrs).SerializeToString()
         return p.attr_bytes
 
-    def _pattern_of(self, rec: LogRecord, text: str) -> Pattern:
-        """The pattern of a record whose string body is not in the body cache (or whose
-        body is not a string)."""
-        if text:
-            return self.pattern_of_body(text)
-        return self.pattern_for(self.message_of_value(rec.body))
-
     def pattern_of_body(self, text: str) -> Pattern:
         """The live pattern of a string body (body cache, message extraction, mining): what
         ``process`` does for one record, without the protobuf work."""
+        self._forget_dead()
+        self._body_lookups += 1
         cached = self._bodies.get(text)
         if cached is not None:
-            if cached.alive:
-                return cached
-            live = cached.live()
-            if live is not None:
-                if live is not cached:
-                    self._bodies[text] = live
-                return live
-        head = text[:1]
-        if head == "{" or head.isspace() or ("=" in text and self.config.parse_logfmt):
-            message = self.message_of_string(text)
-        else:
-            message = text
-        p = self.pattern_for(message)
-        if len(text) <= MAX_CACHED_CHARS:
+            return cached
+        self._body_misses += 1
+        p = self.pattern_for(text) if _is_plain(text, self.config.parse_logfmt) \
+            else self.pattern_for(self.message_of_string(text))
+        if self._body_caching and len(text) <= MAX_CACHED_CHARS:
             if len(self._bodies) >= self.config.cache_size:
-                self._bodies.clear()
-            self._bodies[text] = p
+                self._body_cache_full()
+            if self._body_caching:
+                self._bodies[text] = p
         return p
+
+    def _body_cache_full(self) -> None:
+        """Clear the full body cache; if it answered fewer than a quarter of the lookups
+        since it was last cleared (every body new, as when lines carry timestamps), stop
+        filling it for the next 4 x cache_size bodies: inserting bodies that never repeat
+        costs more than the skeleton cache it would spare."""
+        hits = self._body_lookups - self._body_misses
+        if hits * 4 < self._body_lookups:
+            self._body_caching = False
+            self._body_resume = self._body_lookups + 4 * self.config.cache_size
+        else:
+            self._body_lookups = self._body_misses = 0
+        self._bodies.clear()
+
+    def _resume_body_cache(self) -> None:
+        self._body_caching = True
+        self._body_lookups = self._body_misses = 0
 
     def pattern_for(self, message: str) -> Pattern:
         """The live pattern of a message text: skeleton cache, else masking, shape cache,
@@ -226,20 +343,30 @@ class SignatureProcessor:
         The skeleton of a message is its UTF-8 with every digit replaced by ``5`` (and
         ``0x``/``0X`` kept apart). No masking rule depends on digit values, so two
         messages with one skeleton mask alike, except in tokens whose masked form still
-        holds digits (``ssh2``); the bytes of those tokens are stored and compared."""
+        holds digits (``ssh2``, ``R02-M1-N0``): the skeleton entry lists those tokens'
+        byte spans (the same for every message of the skeleton) and maps their bytes,
+        joined, to the pattern; so each set of such values is masked once, then found by
+        one slice and one lookup."""
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[:MAX_MESSAGE_CHARS]
         b = message.encode("utf-8", "surrogatepass")
         skeleton = b.replace(b"0x", b"\xff\xfe").replace(b"0X", b"\xff\xfd").translate(_TO_5)
         entry = self._skeletons.get(skeleton)
         if entry is not None:
-            p, checks = entry
-            if not checks or all(b[start:end] == value for start, end, value in checks):
-                if p.alive:
-                    return p
-                live = p.live()
+            spans, target, plain = entry
+            p = target if not spans else target.get(  # type: ignore[union-attr,assignment]
+                b"".join([b[s:e] for s, e in spans]))
+            if p is not None:
+                live = p if p.alive else p.live()
                 if live is not None:
+                    if plain and not spans:
+                        self._plain[skeleton] = live  # (again) after a clear
                     return live
+        return self._mine(message, b, skeleton)
+
+    def _mine(self, message: str, b: bytes, skeleton: bytes) -> Pattern:
+        """pattern_for after a skeleton-cache miss: masking, shape cache, the tree; then
+        the skeleton entry (``b``: the message's UTF-8) is filled."""
         toks, masked = self.masker.classify(message)
         pre = " ".join(masked)
         p = self._shapes.get(pre)
@@ -256,11 +383,28 @@ class SignatureProcessor:
             self._shapes[pre] = live
         if len(b) > MAX_CACHED_CHARS:
             return live
-        if len(self._skeletons) >= self.config.cache_size:
+        if self._skeleton_entries >= self.config.cache_size:
             self._skeletons.clear()
-        kb = pre.encode("utf-8", "surrogatepass")
-        checks = () if kb.translate(None, _DIGITS) == kb else self._digit_checks(message, b)
-        self._skeletons[skeleton] = (live, checks)
+            self._plain.clear()
+            self._skeleton_entries = 0
+        entry = self._skeletons.get(skeleton)
+        if entry is None:
+            kb = pre.encode("utf-8", "surrogatepass")
+            checks = () if kb.translate(None, _DIGITS) == kb else self._digit_checks(message, b)
+            plain = _is_plain(message, self.config.parse_logfmt)
+            if checks:
+                self._skeletons[skeleton] = (tuple((s, e) for s, e, _ in checks),
+                                             {b"".join([v for _, _, v in checks]): live}, plain)
+            else:
+                self._skeletons[skeleton] = ((), live, plain)
+        elif entry[0]:
+            entry[1][b"".join([b[s:e] for s, e in entry[0]])] = live  # type: ignore[index]
+        else:
+            plain = entry[2]
+            self._skeletons[skeleton] = ((), live, plain)
+        self._skeleton_entries += 1
+        if not self._skeletons[skeleton][0] and self._skeletons[skeleton][2]:
+            self._plain[skeleton] = live
         return live
 
     def _digit_checks(self, message: str, b: bytes) -> tuple[tuple[int, int, bytes], ...]:
@@ -336,6 +480,9 @@ class SignatureProcessor:
         self._bodies.clear()
         self._shapes.clear()
         self._skeletons.clear()
+        self._plain.clear()
+        self._skeleton_entries = 0
+        self._deaths = 0
         self._seed()
 
     def adopt_ids(self, shared: dict[str, str]) -> int:
@@ -384,6 +531,22 @@ class SignatureProcessor:
         yield GaugeMetricFamily("lipservice_signature_cache_hit_ratio",
                                 "Share of records resolved from the body or shape cache.",
                                 value=ratio)
+
+
+def _is_plain(text: str, parse_logfmt: bool) -> bool:
+    """True when a string body is its own message (what message_of_string returns
+    unparsed): not empty, not over MAX_CACHED_CHARS, not a JSON object and not (with
+    ``parse_logfmt``) a logfmt candidate (its first ``=`` inside the first token). Digits
+    do not change the answer, so it holds for every text of one skeleton."""
+    if not text or len(text) > MAX_CACHED_CHARS:
+        return False
+    head = text[0]
+    if head == "{" or head.isspace():
+        return False
+    if parse_logfmt:  # a logfmt candidate as message_of_string sees one
+        eq = text.find("=")
+        return eq <= 0 or bool(text[:eq].strip().count(" "))
+    return True
 
 
 def anyvalue_text(value: AnyValue, depth: int = 0) -> str:

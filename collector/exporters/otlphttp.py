@@ -6,6 +6,7 @@
 | logs_endpoint    | —        | full URL used as given (PostHog: ``https://us.i.posthog.com/i/v1/logs``) |
 | headers          | {}       | sent with every request (e.g. ``Authorization: Bearer …``); never logged |
 | compression      | gzip     | ``gzip`` or ``none``                                        |
+| compression_params.level | 1 | gzip level 1 (fastest) .. 9 (smallest); see docs/BENCHMARKS.md |
 | encoding         | proto    | ``proto`` (application/x-protobuf) or ``json``              |
 | timeout          | 10s      | per request, connect to last byte                           |
 | retry_on_failure, sending_queue | | handled by ``collector/queue.py``                   |
@@ -21,8 +22,10 @@ Outcome of one request (the queue retries; see collector/exporters/base.py):
   when there is one), truncated, header values redacted.
 - connection errors and timeouts: retryable.
 
-The request is serialised once per export call; bodies over 256 KiB are gzipped on a worker
-thread so the event loop keeps serving receivers meanwhile.
+The request is serialised and compressed once: a retry of the same request (the queue calls
+``export`` again with the same object) sends the bytes kept from the first attempt. Bodies
+over 64 KiB are gzipped on a worker thread (zlib releases the GIL), so the event loop keeps
+serving receivers meanwhile and the compression can use another core.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import json
 import logging
 import time
 import zlib
+from collections import OrderedDict
 from datetime import UTC
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -53,7 +57,8 @@ from collector.receivers import codec
 log = logging.getLogger("lipservice.exporter.otlphttp")
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
-_GZIP_IN_THREAD = 256 * 1024
+_GZIP_IN_THREAD = 64 * 1024
+_KEPT_FOR_RETRY = 64  # most request bodies kept for retries
 _MAX_RESPONSE = 1024 * 1024
 
 
@@ -64,7 +69,7 @@ def user_agent() -> str:
         return "lipservice"
 
 
-def gzip_bytes(data: bytes, level: int = 6) -> bytes:
+def gzip_bytes(data: bytes, level: int = 1) -> bytes:
     """gzip (RFC 1952) of ``data`` at zlib ``level``."""
     z = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     return z.compress(data) + z.flush()
@@ -108,6 +113,11 @@ class OtlpHttpExporter:
         self.redactor = Redactor(config.headers)
         self.as_json = config.encoding == "json"
         self.gzip = config.compression == "gzip"
+        self.level = config.compression_params.level
+        # id(request) -> (request, body) for requests whose last attempt failed retryably;
+        # the request is held so its id cannot be reused meanwhile.
+        self._retry_bodies: OrderedDict[tuple[int, ...], tuple[list[ExportLogsServiceRequest], bytes]] = \
+            OrderedDict()
         headers = dict(config.headers)
         headers["Content-Type"] = codec.JSON_TYPE if self.as_json else "application/x-protobuf"
         headers["User-Agent"] = user_agent()
@@ -137,15 +147,34 @@ class OtlpHttpExporter:
         one merged message, so batching costs no copy. Returns and raises as export()."""
         if self._session is None:
             raise ExportError(f"exporter {self.name}: not started", retryable=False)
+        key = tuple(id(p) for p in parts)
+        kept = self._retry_bodies.pop(key, None)
+        if kept is not None and all(a is b for a, b in zip(kept[0], parts, strict=True)):
+            body = kept[1]
+        else:
+            body = await self._encode(parts)
+        try:
+            return await self._post(body)
+        except ExportError as err:
+            if err.retryable:  # the queue retries the same parts: reuse the encoded body
+                self._retry_bodies[key] = (list(parts), body)
+                while len(self._retry_bodies) > _KEPT_FOR_RETRY:
+                    self._retry_bodies.popitem(last=False)
+            raise
+
+    async def _encode(self, parts: list[ExportLogsServiceRequest]) -> bytes:
         if self.as_json:
             body = codec.encode_json(merge_requests(parts)).encode()
         else:
             body = b"".join(p.SerializeToString() for p in parts)
         if self.gzip:
             if len(body) > _GZIP_IN_THREAD:
-                body = await asyncio.to_thread(gzip_bytes, body)
+                body = await asyncio.to_thread(gzip_bytes, body, self.level)
             else:
-                body = gzip_bytes(body)
+                body = gzip_bytes(body, self.level)
+        return body
+
+    async def _post(self, body: bytes) -> int:
         try:
             async with self._session.post(self.url, data=body) as resp:
                 status = resp.status

@@ -8,9 +8,19 @@ import re
 
 import pytest
 import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processors.masking import Masker
-from processors.miner import VAR, Miner, pattern_id
+from processors.miner import (
+    INDEX_FROM,
+    VAR,
+    Leaf,
+    Miner,
+    _fits_outside,
+    _fitting,
+    pattern_id,
+)
 
 
 def mine(miner: Miner, masker: Masker, line: str):
@@ -208,3 +218,70 @@ def test_adopt_id_leaves_conflicts_alone() -> None:
     assert not m.adopt_id(a.id, a.id)
     assert not m.adopt_id("0" * 16, pattern_id("x"))  # not a live pattern
     assert m.snapshot() == before
+
+
+_WORDS = ["a", "b", "c", "d", "e", "f", "g", "h", VAR]
+
+
+def _qualifies(pattern: list[str], probe: list[str], threshold: float) -> bool:
+    same = sum(a == b for a, b in zip(pattern, probe, strict=True))
+    wild = sum(a == VAR and b != VAR for a, b in zip(pattern, probe, strict=True))
+    return same + wild == len(probe) or same / len(probe) >= threshold
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_WORDS), min_size=6, max_size=6), min_size=40,
+                max_size=100),
+       st.lists(st.lists(st.sampled_from(_WORDS), min_size=6, max_size=6), min_size=1,
+                max_size=20),
+       st.sampled_from([0.3, 0.5, 0.7, 1.0]),
+       st.lists(st.sets(st.integers(0, 5), max_size=3), min_size=1, max_size=5))
+def test_leaf_index_finds_what_a_full_scan_finds(stored: list[list[str]],
+                                                 probes: list[list[str]], threshold: float,
+                                                 diffs: list[set[int]]) -> None:
+    """A leaf past INDEX_FROM patterns is searched through its (position, token) index:
+    the candidates hold every pattern that can pass the threshold or fit exactly, so the
+    best pattern and its differing positions are those a scan of every pattern gives; the
+    sibling candidates hold every pattern that fits outside the differing positions; the
+    index follows creations, merges and evictions."""
+    m = Miner(sim_threshold=threshold, depth=0, max_patterns=80)  # depth 0: one leaf
+    for tokens in stored:
+        m.add(tokens)
+    leaf = m._find_leaf(stored[0])
+    assert leaf is not None
+    if leaf.index is None:  # built once the leaf passed INDEX_FROM patterns
+        assert len(leaf) <= INDEX_FROM
+        return
+    expected_index: dict = {}
+    for p in leaf:
+        for key in enumerate(p.tokens):
+            expected_index.setdefault(key, set()).add(p)
+    assert {(i, tok): set(leaf.posting(i, tok)) for i, by_token in enumerate(leaf.index)
+            for tok in by_token} == expected_index
+    plain = Leaf(leaf)  # no index: _best scans all of it
+    for probe in probes:
+        candidates = set(m._candidates(leaf, probe))
+        assert {p for p in leaf if _qualifies(p.tokens, probe, threshold)} <= candidates
+        assert m._best(leaf, probe) == m._best(plain, probe)
+        for diff in diffs:
+            fitting = set(_fitting(leaf, probe, sorted(diff)))
+            assert {q for q in leaf if _fits_outside(q.tokens, probe, sorted(diff))} <= fitting
+
+
+def test_leaf_index_finds_an_exact_fit_through_wildcards() -> None:
+    """A pattern that is mostly ``<*>`` fits a message that shares few of its positions
+    with it; the index must still offer it (it outranks any partial match)."""
+    m = Miner(sim_threshold=0.5, depth=0)
+    for i in range(INDEX_FROM + 10):
+        m.add([f"w{i}", f"x{i}", f"y{i}", f"z{i}", "tail", f"v{i}"])
+    star = m.add([VAR, VAR, VAR, VAR, "tail", VAR])
+    probe = ["p", "q", "r", "s", "tail", "t"]
+    leaf = m._find_leaf(probe)
+    assert leaf is not None and leaf.index is not None
+    assert m._best(leaf, probe) == (star, [])
+    assert m.add(probe) is star
+    # fits by two constants, where no other pattern has those words
+    two = m.add(["p2", VAR, VAR, VAR, "zz", VAR])
+    assert two is not star
+    probe = ["p2", "q", "r", "s", "zz", "t"]
+    assert m._best(leaf, probe) == (two, [])

@@ -195,6 +195,30 @@ def test_skeleton_cache_gives_what_fresh_masking_gives(words: list[str], shift: 
         (other, got.template, tokens)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_TOKENS + ["k=v", "{", "a\x00b"]), min_size=1,
+                         max_size=6), min_size=1, max_size=6),
+       st.lists(st.integers(1, 9), min_size=1, max_size=3))
+def test_batches_give_patterns_that_fresh_masking_fits(messages: list[list[str]],
+                                                      shifts: list[int]) -> None:
+    """process() resolves a batch's bodies together (skeletons made for the joined bodies,
+    looked up at once); every record still gets a pattern that its own masked message fits,
+    in the batch that first sees a shape and in later ones answered from the caches."""
+    proc = SignatureProcessor(Config())
+    firsts = [" ".join(words) for words in messages]
+    for shift in [0, *shifts]:
+        bodies = ["".join(str((int(c) + shift) % 10) if c.isdigit() else c for c in m)
+                  for m in firsts]
+        batch = run(proc, bodies + bodies[:2])
+        for body, template in zip(bodies + bodies[:2], batch.templates, strict=True):
+            message = proc.message_of_string(body)
+            got = template.split(" ") if template else []
+            tokens = Masker().mask(message)
+            assert len(got) == len(tokens), (body, template, tokens)
+            assert all(a in (VAR, b) for a, b in zip(got, tokens, strict=True)), \
+                (body, template, tokens)
+
+
 _ID_SCRIPT = """
 import json, sys
 sys.path.insert(0, {repo!r})
