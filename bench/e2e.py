@@ -161,7 +161,14 @@ _TIME_COLUMNS = ("Date", "Time", "Timestamp")
 
 
 def _redraw(text: str, rng: random.Random) -> str:
-    return re.sub(r"\d", lambda _: rng.choice("0123456789"), text)
+    """Every run of digits not glued to a letter (``dbcr0``, ``ssh2`` stay) replaced by
+    random digits of the same length; the ``0`` of a ``0x`` prefix stays."""
+    def fresh(m: re.Match[str]) -> str:
+        if m.group(0) == "0" and text[m.end():m.end() + 1] in ("x", "X"):
+            return "0"
+        return "".join(rng.choice("0123456789") for _ in m.group(0))
+
+    return re.sub(r"(?<![A-Za-z])\d+", fresh, text)
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
@@ -926,13 +933,22 @@ def controller(args: argparse.Namespace) -> None:
             rows.append(bench.run("full, half load", "http", full, loghub, args.duration,
                                   args.warmup, rate_=target, extra=extra))
         if want("patterns"):
+            # Every record's template is one of --patterns, each seen once per pass: with
+            # more templates than signature.max_patterns, every record is a new pattern, so
+            # every cache and table fills to its bound (the worst case for memory).
             spec = save_payloads(pattern_payloads(args.patterns), bench.tmp / "patterns.pkl")
-            r = bench.run(f"full, {args.patterns // 1000}k patterns", "http", full, spec,
-                          args.pattern_seconds, args.warmup, extra=extra)
-            m = r.extra["metrics"]
-            print(f"    patterns created {m.get('lipservice_signature_patterns_created_total')}"
-                  f", held {m.get('lipservice_signature_patterns')}", flush=True)
-            rows.append(r)
+            label = f"full, {args.patterns // 1000}k patterns"
+            closed = bench.run(label, "http", full, spec, args.pattern_seconds, args.warmup,
+                               extra=extra)
+            paced = bench.run(label + ", half load", "http", full, spec, args.pattern_seconds,
+                              args.warmup, rate_=closed.rate_in / 2, extra=extra)
+            for r in (closed, paced):
+                m = r.extra["metrics"]
+                r.extra["patterns"] = (m.get("lipservice_signature_patterns_created_total"),
+                                       m.get("lipservice_signature_patterns"))
+                print(f"    patterns created {r.extra['patterns'][0]:,.0f}, held "
+                      f"{r.extra['patterns'][1]:,.0f}", flush=True)
+            rows += [closed, paced]
         soak = None
         if args.soak:
             target = (full_http.rate_in if full_http else args.half_rate) / 2

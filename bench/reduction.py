@@ -231,7 +231,8 @@ class Runner:
             self.kept_records += len(ids_in)
             copy = ExportLogsServiceRequest()
             copy.CopyFrom(req)
-            self.keep_batches.append((copy, ids_in, list(batch.templates), now))
+            bodies = None if batch.bodies is None else list(batch.bodies)
+            self.keep_batches.append((copy, ids_in, list(batch.templates), now, bodies))
         self.sampler.process(batch)
         t2 = time.process_time()
         res.sig_seconds += t1 - t0
@@ -339,11 +340,13 @@ def sampling_throughput(kept: list, seed: int, policy: Policy,
     try:
         for _ in range(repeats):
             batches = []
-            for req, ids, templates, now in kept:
+            for req, ids, templates, now, bodies in kept:
                 copy = ExportLogsServiceRequest()
                 copy.CopyFrom(req)
                 b = LogBatch(copy, now)
                 b.pattern_ids, b.templates = list(ids), list(templates)
+                # as in the pipeline: the signature processor hands on the bodies it read
+                b.bodies = None if bodies is None else list(bodies)
                 batches.append(b)
             n = sum(len(b) for b in batches)
             proc = SamplingProcessor(Config(seed=seed, policy=policy))

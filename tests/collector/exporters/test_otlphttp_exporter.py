@@ -231,3 +231,47 @@ async def test_queue_splits_on_413(sink):
     queue.put(make_request(4), 4)
     assert await queue.drain(5)
     assert [len(r.resource_logs[0].scope_logs[0].log_records) for r in sink.requests] == [2, 2]
+
+
+# --------------------------------------------------------------------------- encoding cost
+
+
+@pytest.mark.parametrize(("level", "xfl"), [(1, 4), (9, 2)])
+async def test_gzip_level_from_compression_params(sink, level, xfl):
+    """compression_params.level reaches zlib: the gzip header's XFL byte says 4 (fastest)
+    for level 1 and 2 (best) for level 9 (RFC 1952)."""
+    assert await export(sink, compression_params={"level": level}) == 0
+    raw = sink.raw_bodies[0]
+    assert raw[:2] == b"\x1f\x8b" and raw[8] == xfl
+    assert gzip.decompress(raw) == make_request(4).SerializeToString()
+
+
+def test_compression_level_out_of_range_is_a_config_error():
+    with pytest.raises(ValueError, match="level"):
+        OtlpHttpExporterConfig(endpoint="http://x", compression_params={"level": 0})
+
+
+async def test_a_retry_sends_the_bytes_encoded_for_the_first_attempt(sink, monkeypatch):
+    """The queue calls export() again with the same request after a retryable failure: the
+    body is serialised and compressed once, and the same bytes go out again."""
+    sink.answers.append(HttpAnswer(status=503))
+    exporter = await make_exporter(sink)
+    encoded = []
+    real = exporter._encode
+
+    async def counting(request):
+        encoded.append(request)
+        return await real(request)
+
+    monkeypatch.setattr(exporter, "_encode", counting)
+    request = make_request(4)
+    try:
+        with pytest.raises(ExportError):
+            await exporter.export(request)
+        assert await exporter.export(request) == 0
+        assert await exporter.export(make_request(4)) == 0  # another request: encoded anew
+    finally:
+        await exporter.shutdown()
+    assert len(encoded) == 2
+    assert sink.raw_bodies[0] == sink.raw_bodies[1]
+    assert len(sink.requests) == 2
