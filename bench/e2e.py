@@ -893,10 +893,11 @@ def controller(args: argparse.Namespace) -> None:
     bench = Bench(args)
     started = dt.datetime.now()
     print(f"machine: {machine()}; load average at start {os.getloadavg()}", flush=True)
-    loghub_list = loghub_payloads(data_dir(), variants=args.variants)
+    loghub_list = loghub_payloads(data_dir(), variants=args.variants,
+                                  per_request=args.records_per_request)
     loghub = save_payloads(loghub_list, bench.tmp / "loghub.pkl")
-    print(f"payloads: {len(loghub_list)} requests of {RECORDS_PER_REQUEST} records from the "
-          f"Loghub lines ({args.variants} variants)", flush=True)
+    print(f"payloads: {len(loghub_list)} requests of {args.records_per_request} records from "
+          f"the Loghub lines ({args.variants} variants)", flush=True)
     limits: list[tuple[str, float]] = []
     if want("limit"):
         payloads = loghub_list
@@ -1016,6 +1017,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
     ap.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds first")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    ap.add_argument("--records-per-request", type=int, default=RECORDS_PER_REQUEST,
+                    help="records per request of the Loghub load (the probe included)")
     ap.add_argument("--variants", type=int, default=8,
                     help="copies of the Loghub lines (digits re-drawn after the first)")
     ap.add_argument("--patterns", type=int, default=100_000)

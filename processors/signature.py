@@ -54,20 +54,28 @@ true; ``batch.pattern_ids[i]``, ``batch.templates[i]`` and ``batch.bodies`` (the
 bodies it read) for the processors after it.
 Patterns are shared by all services in the batch (the id depends on the template only).
 
-Hot path (one pass per batch, lookups from cheapest to dearest):
+Hot path (per batch, lookups from cheapest to dearest; DESIGN.md §Hot path):
 
-1. body cache: a string body seen before costs one dict lookup;
+1. body cache: a string body seen before is found by one C-level ``map`` over the batch.
+   When bodies do not repeat (lines carrying timestamps) the cache stops being filled for a
+   while (it answered < 1/4 of the lookups since it last filled): inserting bodies that
+   never come back costs more than it saves;
 2. skeleton cache: the message with its digits replaced by ``5`` (no masking rule depends
-   on digit values, so ``took 35ms`` and ``took 12ms`` share a skeleton); tokens whose
-   masked form keeps digits (``ssh2``) are compared byte for byte;
+   on digit values, so ``took 35ms`` and ``took 12ms`` share a skeleton). The skeletons of
+   all the batch's plain bodies are made at once (one encode, replace, translate and split
+   of the joined bodies) and looked up with one C-level ``map``; skeletons with tokens whose
+   masked form keeps digits (``ssh2``, ``R02-M1-N0``) map those tokens' bytes to the
+   pattern (one slice and one lookup per record);
 3. shape cache: the message's classified tokens (masking.py steps 1-3, each token through
    a dict cache);
 4. only a shape never seen before runs the context rules and the miner.
 
 Every cache holds at most ``cache_size`` entries (cleared when full) and keys longer than
-2048 characters are not cached, so memory stays flat. The attributes are appended as
-bytes serialized once per pattern (``MergeFromString``), several times cheaper than
-building ``KeyValue`` messages per record.
+2048 characters are not cached, so memory stays flat. Caches that skip the liveness check
+(bodies, plain skeletons) are cleared whenever the miner merged or evicted a pattern. The
+attributes are appended as bytes serialized once per pattern (``MergeFromString``),
+several times cheaper than building ``KeyValue`` messages per record. The string bodies
+read are handed on in ``batch.bodies`` (reading a body again from upb costs ~0.5 us).
 
 State: ``snapshot()`` / ``restore()`` (plain JSON data; the collector keeps it in its
 SQLite state store under ``storage.directory``); metrics from ``collect_metrics()`` at
