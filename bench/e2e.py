@@ -893,10 +893,11 @@ def controller(args: argparse.Namespace) -> None:
     bench = Bench(args)
     started = dt.datetime.now()
     print(f"machine: {machine()}; load average at start {os.getloadavg()}", flush=True)
-    loghub_list = loghub_payloads(data_dir(), variants=args.variants)
+    loghub_list = loghub_payloads(data_dir(), variants=args.variants,
+                                  per_request=args.records_per_request)
     loghub = save_payloads(loghub_list, bench.tmp / "loghub.pkl")
-    print(f"payloads: {len(loghub_list)} requests of {RECORDS_PER_REQUEST} records from the "
-          f"Loghub lines ({args.variants} variants)", flush=True)
+    print(f"payloads: {len(loghub_list)} requests of {args.records_per_request} records from "
+          f"the Loghub lines ({args.variants} variants)", flush=True)
     limits: list[tuple[str, float]] = []
     if want("limit"):
         payloads = loghub_list
@@ -952,8 +953,11 @@ def controller(args: argparse.Namespace) -> None:
         soak = None
         if args.soak:
             target = (full_http.rate_in if full_http else args.half_rate) / 2
+            # with the control loop (heuristic, every 5 min) as in the default config
+            soak_extra = {**extra, "extensions": {"control": {"llm": {"enabled": False}}},
+                          "service.extensions": ["control"]}
             soak = bench.run("full, soak", "http", full, loghub, args.soak, 30,
-                             rate_=target, extra=extra, rss_every=5)
+                             rate_=target, extra=soak_extra, rss_every=5)
             rows.append(soak)
     finally:
         bench.stop_sink()
@@ -972,11 +976,14 @@ def controller(args: argparse.Namespace) -> None:
     if soak is not None and soak.extra["rss"]:
         rss = soak.extra["rss"]
         t0 = rss[0][0]
-        marks = [(t - t0) / 1e9 for t, _ in rss]
-        first = next((v for (t, v), s in zip(rss, marks, strict=True) if s >= 60), rss[0][1])
-        notes.append(f"soak {args.soak:.0f}s: RSS {first / 1024:.1f} MiB after 60 s, "
-                     f"{rss[-1][1] / 1024:.1f} MiB at the end, max "
-                     f"{max(v for _, v in rss) / 1024:.1f} MiB")
+        minutes = []
+        for m in range(1, int((rss[-1][0] - t0) / 60e9) + 1):
+            minutes.append(next(v for t, v in rss if t - t0 >= m * 60e9))
+        series = ", ".join(f"{v / 1024:.0f}" for v in minutes) or "n/a"
+        notes.append(f"soak {args.soak:.0f} s at {soak.target_rate:,.0f} records/s (30 s "
+                     f"warm-up first, control loop on): RSS at each minute {series} MiB; "
+                     f"{rss[-1][1] / 1024:.1f} MiB at the end, peak (VmHWM) "
+                     f"{soak.rss_peak_mib:.1f} MiB")
     header = (f"Command: `.venv/bin/python bench/e2e.py {' '.join(sys.argv[1:])}` — "
               f"{started:%Y-%m-%d %H:%M}, {machine()}; load average "
               f"{os.getloadavg()[0]:.1f} at the end (other jobs share the machine).")
@@ -1010,6 +1017,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
     ap.add_argument("--warmup", type=float, default=5.0, help="unmeasured seconds first")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    ap.add_argument("--records-per-request", type=int, default=RECORDS_PER_REQUEST,
+                    help="records per request of the Loghub load (the probe included)")
     ap.add_argument("--variants", type=int, default=8,
                     help="copies of the Loghub lines (digits re-drawn after the first)")
     ap.add_argument("--patterns", type=int, default=100_000)

@@ -187,11 +187,11 @@ class LogBatch:
 
     def compacted(self) -> ExportLogsServiceRequest:
         """The request to hand on once the processors are done: ``request`` itself, or,
-        when at most half of the records received are left, a copy of it. upb frees a
-        message's memory only with the whole message, so a request that sits in an export
-        queue would otherwise hold every record it was received with (~8x the memory after
-        sampling)."""
-        if 2 * len(self.records) > self.received:
+        when at most three quarters of the records received are left, a copy of it. upb
+        frees a message's memory only with the whole message, so a request that sits in an
+        export queue would otherwise hold every record it was received with (~8x the memory
+        after sampling). The copy costs ~0.6 us per record left."""
+        if 4 * len(self.records) > 3 * self.received:
             return self.request
         out = ExportLogsServiceRequest()
         out.CopyFrom(self.request)

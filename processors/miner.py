@@ -44,6 +44,12 @@ Pattern ids and aliases (the rules users rely on; also in docs/signature.md):
   aliases are dropped, and a later message of that shape creates a pattern again (with the
   id of its then template). Aliases are bounded by ``max_patterns`` too (oldest dropped).
 
+Speed: a leaf with more than ``INDEX_FROM`` (32) patterns keeps an index (position, token)
+-> patterns, and matching scores only the patterns that can qualify (see
+``Miner._candidates``), so a source with 100k templates (thousands of them in the ``<*>``
+leaves that ``max_children`` overflows into) costs tens of microseconds per new message,
+not a scan of the leaf.
+
 Errors: none for any token list; ``restore`` raises ValueError on malformed state.
 """
 
@@ -154,6 +160,7 @@ class Miner:
         self._least: dict[int, int] = {}  # see _least_same
         self.patterns: OrderedDict[str, Pattern] = OrderedDict()  # id -> live, LRU first
         self.aliases: dict[str, str] = {}  # merged id -> surviving id (insertion ordered)
+        self._alias_of: dict[str, set[str]] = {}  # surviving id -> its aliases
         self._created: dict[str, Pattern] = {}  # creation-template id -> pattern
         self._seq = 0
         self.created_total = 0
@@ -359,12 +366,24 @@ class Miner:
         return keep
 
     def _add_alias(self, old: str, new: str) -> None:
-        for k, v in self.aliases.items():
-            if v == old:
-                self.aliases[k] = new
+        moved = self._alias_of.pop(old, set())
+        for k in moved:  # flatten: aliases of old now name new
+            self.aliases[k] = new
+        group = self._alias_of.setdefault(new, set())
+        group |= moved
+        group.add(old)
         self.aliases[old] = new
         while len(self.aliases) > self.max_patterns:
-            del self.aliases[next(iter(self.aliases))]
+            k = next(iter(self.aliases))
+            self._drop_alias(k)
+
+    def _drop_alias(self, k: str) -> None:
+        v = self.aliases.pop(k)
+        group = self._alias_of.get(v)
+        if group is not None:
+            group.discard(k)
+            if not group:
+                del self._alias_of[v]
 
     def _unlink(self, p: Pattern) -> None:
         p.alive = False
@@ -401,9 +420,12 @@ class Miner:
                 if self._created.get(k) is old:
                     del self._created[k]
             old.keys = []
-            stale = [k for k, v in self.aliases.items() if v == old.id]
-            for k in stale:
+            for k in self._alias_of.pop(old.id, ()):
                 del self.aliases[k]
+            # an evicted pattern is never matched again (caches may still hold it and find
+            # it dead): let go of what only matching used
+            old.tokens = []
+            old.attr_bytes = None
             self.evicted_total += 1
 
     def touch(self, patterns: Any) -> None:
@@ -499,6 +521,9 @@ class Miner:
             for k in keys or [pid]:
                 self._remember(k, p)
         self.aliases = {k: v for k, v in aliases.items() if v in self.patterns}
+        self._alias_of = {}
+        for k, v in self.aliases.items():
+            self._alias_of.setdefault(v, set()).add(k)
         self._seq = max([counters[0], *(r[3] for r in rows)])
         self.created_total, self.evicted_total, self.merged_total = counters[1:]
         self._evict()

@@ -54,20 +54,28 @@ true; ``batch.pattern_ids[i]``, ``batch.templates[i]`` and ``batch.bodies`` (the
 bodies it read) for the processors after it.
 Patterns are shared by all services in the batch (the id depends on the template only).
 
-Hot path (one pass per batch, lookups from cheapest to dearest):
+Hot path (per batch, lookups from cheapest to dearest; DESIGN.md §Hot path):
 
-1. body cache: a string body seen before costs one dict lookup;
+1. body cache: a string body seen before is found by one C-level ``map`` over the batch.
+   When bodies do not repeat (lines carrying timestamps) the cache stops being filled for a
+   while (it answered < 1/4 of the lookups since it last filled): inserting bodies that
+   never come back costs more than it saves;
 2. skeleton cache: the message with its digits replaced by ``5`` (no masking rule depends
-   on digit values, so ``took 35ms`` and ``took 12ms`` share a skeleton); tokens whose
-   masked form keeps digits (``ssh2``) are compared byte for byte;
+   on digit values, so ``took 35ms`` and ``took 12ms`` share a skeleton). The skeletons of
+   all the batch's plain bodies are made at once (one encode, replace, translate and split
+   of the joined bodies) and looked up with one C-level ``map``; skeletons with tokens whose
+   masked form keeps digits (``ssh2``, ``R02-M1-N0``) map those tokens' bytes to the
+   pattern (one slice and one lookup per record);
 3. shape cache: the message's classified tokens (masking.py steps 1-3, each token through
    a dict cache);
 4. only a shape never seen before runs the context rules and the miner.
 
 Every cache holds at most ``cache_size`` entries (cleared when full) and keys longer than
-2048 characters are not cached, so memory stays flat. The attributes are appended as
-bytes serialized once per pattern (``MergeFromString``), several times cheaper than
-building ``KeyValue`` messages per record.
+2048 characters are not cached, so memory stays flat. Caches that skip the liveness check
+(bodies, plain skeletons) are cleared whenever the miner merged or evicted a pattern. The
+attributes are appended as bytes serialized once per pattern (``MergeFromString``),
+several times cheaper than building ``KeyValue`` messages per record. The string bodies
+read are handed on in ``batch.bodies`` (reading a body again from upb costs ~0.5 us).
 
 State: ``snapshot()`` / ``restore()`` (plain JSON data; the collector keeps it in its
 SQLite state store under ``storage.directory``); metrics from ``collect_metrics()`` at
@@ -80,6 +88,8 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -99,6 +109,9 @@ MAX_MESSAGE_CHARS = 65536       # a message is mined on its first 64 KiB
 MAX_VALUE_DEPTH = 8
 
 _TO_5 = bytes.maketrans(b"0123456789", b"5555555555")
+_MISSING = Pattern("", [], 0, ())  # what a batch lookup finds for a key not cached
+_MISSING.alive = False
+_ALIVE = attrgetter("alive")
 _DIGITS = b"0123456789"
 _LOGFMT = re.compile(r'\s*([A-Za-z_][\w.\-/]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?=\s|\Z)')
 
@@ -148,9 +161,6 @@ class SignatureProcessor:
         # skeleton -> pattern, for skeletons of plain messages (see _is_plain) without
         # digit-keeping tokens: looked up for a whole batch at once (process).
         self._plain: dict[bytes, Pattern] = {}
-        # Merges and evictions seen by the caches; any new one clears _bodies and _plain,
-        # so their entries are live and need no check per record.
-        self._deaths = 0
         # Body cache use (see _body_cache_full): lookups and misses since it last filled.
         self._body_caching = True
         self._body_lookups = self._body_misses = self._body_resume = 0
@@ -175,21 +185,20 @@ class SignatureProcessor:
         records = batch.records
         if not records:
             return
-        self._forget_dead()
         n = len(records)
         if not self._body_caching and self._body_lookups >= self._body_resume:
             self._resume_body_cache()
         self._body_lookups += n
         texts = [rec.body.string_value for rec in records]
-        found: list[Pattern | None]
         if self._bodies:
-            found = list(map(self._bodies.get, texts))
-            if None in found:
-                self._find(records, texts, found, [i for i, p in enumerate(found) if p is None])
+            found = list(map(self._bodies.get, texts, repeat(_MISSING)))
+            alive = list(map(_ALIVE, found))
+            if not all(alive):
+                self._find(records, texts, found, [i for i, a in enumerate(alive) if not a])
         else:
-            found = [None] * n
+            found = [_MISSING] * n
             self._find(records, texts, found, None)
-        pats: list[Pattern] = found  # type: ignore[assignment]  # every entry is set now
+        pats = found  # every entry is a live pattern now
         # decided; now mutate
         self.records_total += n
         counts = Counter(pats)
@@ -203,42 +212,45 @@ class SignatureProcessor:
         batch.templates[:] = [p.template for p in pats]
         batch.bodies = texts
 
-    def _forget_dead(self) -> None:
-        """Clear the caches that hold patterns without a liveness check when the miner
-        merged or evicted any pattern since the last batch (rare after warm-up)."""
-        deaths = self.miner.merged_total + self.miner.evicted_total
-        if deaths != self._deaths:
-            self._deaths = deaths
-            self._bodies.clear()
-            self._plain.clear()
-
-    def _find(self, records: list[LogRecord], texts: list[str], found: list[Pattern | None],
+    def _find(self, records: list[LogRecord], texts: list[str], found: list[Pattern],
               todo: list[int] | None) -> None:
-        """Fill ``found[i]`` for every i in ``todo`` (None: all), the body-cache misses.
+        """Set ``found[i]`` to the live pattern for every i in ``todo`` (None: all): body-cache
+        misses (``_MISSING``) and hits on a pattern merged or evicted since.
 
         All their skeletons are made at once (one encode, replace, translate and split over
         the joined bodies) and looked up in ``_plain`` with one C-level map; only records
         whose skeleton is not there (new shapes, digit-keeping tokens, JSON/logfmt/kvlist
         bodies) take the per-record path."""
+        if todo is not None:
+            rest = []
+            for i in todo:  # a cached pattern merged since: follow it
+                live = found[i].live()
+                if live is not None:
+                    found[i] = self._bodies[texts[i]] = live
+                else:
+                    rest.append(i)
+            if not rest:
+                return
+            todo = rest
         idx = range(len(texts)) if todo is None else todo
         sub = texts if todo is None else [texts[i] for i in todo]
         self._body_misses += len(sub)
         whole = "\0".join(sub).encode("utf-8", "surrogatepass")
         skels = whole.replace(b"0x", b"\xff\xfe").replace(b"0X", b"\xff\xfd") \
             .translate(_TO_5).split(b"\0")
-        hits: list[Pattern | None]
         if len(skels) == len(sub):
-            hits = list(map(self._plain.get, skels))
+            hits = list(map(self._plain.get, skels, repeat(_MISSING)))
         else:  # a body holds a NUL: one at a time
             skels = []
-            hits = [None] * len(sub)
+            hits = [_MISSING] * len(sub)
         if todo is None:
             found[:] = hits
         else:
             for i, p in zip(todo, hits, strict=True):
                 found[i] = p
-        if None in hits:
-            self._find_rest(records, sub, idx, skels, whole, hits, found)
+        alive = list(map(_ALIVE, hits))
+        if not all(alive):
+            self._find_rest(records, sub, idx, skels, whole, alive, found)
         if self._body_caching:
             bodies = self._bodies
             if len(bodies) + len(sub) > self.config.cache_size:
@@ -249,20 +261,21 @@ class SignatureProcessor:
                 else:
                     for i, text in zip(idx, sub, strict=True):
                         if text and len(text) <= MAX_CACHED_CHARS:
-                            bodies[text] = found[i]  # type: ignore[assignment]
+                            bodies[text] = found[i]
 
     def _find_rest(self, records: list[LogRecord], sub: list[str], idx: Sequence[int],
-                   skels: list[bytes], whole: bytes, hits: list[Pattern | None],
-                   found: list[Pattern | None]) -> None:
-        """_find for the records not in ``_plain``: plain bodies whose skeleton has
-        digit-keeping tokens are looked up by those tokens' bytes (skeleton and bytes
-        already made), everything else takes the per-record path."""
+                   skels: list[bytes], whole: bytes, alive: list[bool],
+                   found: list[Pattern]) -> None:
+        """_find for the records without a live pattern in ``_plain``: plain bodies whose
+        skeleton has digit-keeping tokens are looked up by those tokens' bytes (skeleton and
+        bytes already made), everything else takes the per-record path."""
         parse_logfmt = self.config.parse_logfmt
         skel_get = self._skeletons.get
         bs = whole.split(b"\0") if skels else []
-        for k, p in enumerate(hits):
-            if p is not None:
+        for k, ok in enumerate(alive):
+            if ok:
                 continue
+            p: Pattern | None = None
             text = sub[k]
             i = idx[k]
             entry = skel_get(skels[k]) if skels else None
@@ -279,7 +292,7 @@ class SignatureProcessor:
                 if p is not None and not p.alive:
                     p = p.live()
                 if p is not None and not spans:
-                    self._plain[skels[k]] = p  # (again) after a clear
+                    self._plain[skels[k]] = p  # (again): cleared, or it held a dead one
                 found[i] = p if p is not None else self._mine(text, b, skels[k])
             elif entry is None and skels and _is_plain(text, parse_logfmt):
                 found[i] = self._mine(text, bs[k], skels[k])
@@ -304,11 +317,15 @@ class SignatureProcessor:
     def pattern_of_body(self, text: str) -> Pattern:
         """The live pattern of a string body (body cache, message extraction, mining): what
         ``process`` does for one record, without the protobuf work."""
-        self._forget_dead()
         self._body_lookups += 1
         cached = self._bodies.get(text)
         if cached is not None:
-            return cached
+            if cached.alive:
+                return cached
+            live = cached.live()
+            if live is not None:
+                self._bodies[text] = live
+                return live
         self._body_misses += 1
         p = self.pattern_for(text) if _is_plain(text, self.config.parse_logfmt) \
             else self.pattern_for(self.message_of_string(text))
@@ -482,7 +499,6 @@ class SignatureProcessor:
         self._skeletons.clear()
         self._plain.clear()
         self._skeleton_entries = 0
-        self._deaths = 0
         self._seed()
 
     def adopt_ids(self, shared: dict[str, str]) -> int:

@@ -285,3 +285,28 @@ def test_leaf_index_finds_an_exact_fit_through_wildcards() -> None:
     assert two is not star
     probe = ["p2", "q", "r", "s", "zz", "t"]
     assert m._best(leaf, probe) == (two, [])
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("pq"), st.sampled_from("rs"),
+                          st.sampled_from("abcdef")), min_size=1, max_size=150),
+       st.integers(2, 12))
+def test_aliases_stay_flat_bounded_and_pointing_at_live_patterns(
+        stream: list[tuple[str, str, str]], max_patterns: int) -> None:
+    """Under merges and evictions in any order: every alias names a live pattern (flat,
+    never an alias of an alias), there are at most max_patterns of them, and the reverse
+    map used to drop an evicted pattern's aliases matches them exactly."""
+    m = Miner(depth=1, max_patterns=max_patterns)  # one varying word: siblings merge
+    for words in stream:
+        m.add([*words, "z"])
+        assert set(m.aliases.values()) <= set(m.patterns)
+        assert not set(m.aliases) & set(m.patterns)
+        assert len(m.aliases) <= max_patterns
+        inverse: dict[str, set[str]] = {}
+        for k, v in m.aliases.items():
+            inverse.setdefault(v, set()).add(k)
+        assert m._alias_of == inverse
+    state = json.loads(json.dumps(m.snapshot()))
+    again = Miner(depth=1, max_patterns=max_patterns)
+    again.restore(state)
+    assert again.aliases == m.aliases and again._alias_of == m._alias_of
