@@ -131,7 +131,7 @@ class Pipeline:
 
     def process(self, request: ExportLogsServiceRequest) -> LogBatch:
         """Run the processors over one request, in place; returns the batch."""
-        batch = LogBatch(request, self.clock())
+        batch = LogBatch(request, self.clock(), defer_attributes=True)
         started = time.perf_counter()
         for i, (name, proc) in enumerate(self.processors):
             n = len(batch)
@@ -144,7 +144,8 @@ class Pipeline:
                 log.exception("processor %s raised on a batch of %d records; "
                               "passing the batch on unprocessed", name, n)
             self._out[i].inc(len(batch))
-        # After the processors, so that records they drop never cost the write.
+        # After the processors, so that records they drop never cost the writes.
+        batch.write_attributes()
         now_ns = int(batch.now * 1e9)
         for rec in batch.records:
             if not rec.observed_time_unix_nano:

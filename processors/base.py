@@ -103,12 +103,17 @@ class LogBatch:
         dropped_pattern_ids: pattern id of every record removed by :meth:`retain`, so
             reports can count drops per pattern without another pass.
         received: number of records the request held when the batch was made.
+        pending: None (attributes are written at once), or, for a batch made with
+            ``defer_attributes=True``, the serialized attributes added per record and not
+            yet written (see :meth:`add_attributes`).
     """
 
     __slots__ = ("request", "now", "records", "services", "pattern_ids", "templates",
-                 "families", "bodies", "dropped_pattern_ids", "received", "_scope_counts")
+                 "families", "bodies", "dropped_pattern_ids", "received", "pending",
+                 "_scope_counts")
 
-    def __init__(self, request: ExportLogsServiceRequest, now: float) -> None:
+    def __init__(self, request: ExportLogsServiceRequest, now: float,
+                 defer_attributes: bool = False) -> None:
         self.request = request
         self.now = now
         records: list[LogRecord] = []
@@ -131,6 +136,7 @@ class LogBatch:
         self.families: list[str] = [""] * n
         self.bodies: list[str] | None = None
         self.dropped_pattern_ids: list[str] = []
+        self.pending: list[bytes] | None = [b""] * n if defer_attributes else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -184,6 +190,43 @@ class LogBatch:
         self.families = list(compress(self.families, keep))
         if self.bodies is not None:
             self.bodies = list(compress(self.bodies, keep))
+        if self.pending is not None:
+            self.pending = list(compress(self.pending, keep))
+
+    def add_attributes(self, data: list[bytes]) -> None:
+        """Append attributes to the records: ``data[i]`` is a serialized ``LogRecord`` that
+        holds only the attributes for record i (b"" for none), so appending is one
+        ``MergeFromString``. Written at once, or, on a batch made with
+        ``defer_attributes=True`` (the pipeline's), kept in ``pending`` until
+        :meth:`write_attributes`: records a later processor drops then never cost the
+        write (~0.4 us per record in upb; most records are dropped by sampling).
+
+        data: list[bytes] aligned with ``records``. Raises ValueError on a length mismatch.
+        """
+        n = len(self.records)
+        if len(data) != n:
+            raise ValueError(f"{len(data)} attribute entries for {n} records")
+        pending = self.pending
+        if pending is None:
+            for rec, d in zip(self.records, data, strict=True):
+                if d:
+                    rec.MergeFromString(d)
+        elif any(pending):
+            self.pending = list(map(bytes.__add__, pending, data))
+        else:
+            self.pending = list(data)
+
+    def write_attributes(self) -> None:
+        """Write the pending attributes (:meth:`add_attributes`) into the records; the
+        pipeline calls it once the processors are done. No-op on a batch that does not
+        defer."""
+        pending = self.pending
+        if pending is None or not any(pending):
+            return
+        for rec, d in zip(self.records, pending, strict=True):
+            if d:
+                rec.MergeFromString(d)
+        self.pending = [b""] * len(self.records)
 
     def compacted(self) -> ExportLogsServiceRequest:
         """The request to hand on once the processors are done: ``request`` itself, or,
@@ -220,6 +263,8 @@ class LogBatch:
         self.families.extend([""] * len(recs))
         if self.bodies is not None:
             self.bodies.extend(r.body.string_value for r in recs)
+        if self.pending is not None:
+            self.pending.extend([b""] * len(recs))
 
 
 class Processor(Protocol):

@@ -447,8 +447,8 @@ class SamplingProcessor:
     # ------------------------------------------------------------------ batch
 
     def process(self, batch: LogBatch) -> None:
-        """Decide every record of ``batch``, then annotate kept records, then remove dropped
-        ones (``batch.retain``), then append any window summaries. On an internal error the
+        """Decide every record of ``batch``, then remove dropped ones (``batch.retain``),
+        then annotate the kept records (``batch.add_attributes``), then append any window summaries. On an internal error the
         batch is unchanged (all decisions come before the first mutation)."""
         now = batch.now
         self._now = now
@@ -469,26 +469,29 @@ class SamplingProcessor:
         first = services[0]
         if services.count(first) == n:
             comp = per_service.get(first, default)
-            decided = [self._decide(batch, first, comp, None, records, keys, summaries)]
-            mask = decided[0].mask
+            d = self._decide(batch, first, comp, None, records, keys, summaries)
+            mask, kept_w = d.mask, d.kept_w
         else:
             groups: dict[str, list[int]] = {}
             for i, svc in enumerate(services):
                 groups.setdefault(svc, []).append(i)
-            decided = []
             mask = [False] * n
+            weights = [0.0] * n
             for svc, idx in groups.items():
                 comp = per_service.get(svc, default)
                 d = self._decide(batch, svc, comp, idx, [records[i] for i in idx],
                                  [keys[i] for i in idx], summaries)
-                decided.append(d)
                 for i, keep in zip(idx, d.mask, strict=True):
                     mask[i] = keep
+                for i, w in zip(compress(idx, d.mask), d.kept_w, strict=True):
+                    weights[i] = w
+            kept_w = list(compress(weights, mask))
         # ---- mutate last (fail-open rule)
-        for d in decided:
-            self._annotate(d)
-        if not self.config.dry_run:
+        if self.config.dry_run:
+            self._annotate(batch, mask, kept_w)
+        else:
             batch.retain(mask)
+            self._annotate(batch, None, kept_w)
         self._append_summaries(batch, summaries)
 
     def _service(self, name: str, now: float) -> _Service:
@@ -701,21 +704,22 @@ class SamplingProcessor:
             if fam.get(key):
                 ps.family = fam[key]
 
-    def _annotate(self, d: _Decided) -> None:
-        """Add ``sampling.adjusted_count`` to kept records (and the decision in dry_run).
-        Merging a pre-serialized attribute is the cheapest append upb offers."""
+    def _annotate(self, batch: LogBatch, mask: list[bool] | None,
+                  kept_w: list[float]) -> None:
+        """Add ``sampling.adjusted_count`` (``kept_w``: one weight per kept record, in order)
+        to the kept records; ``mask`` None: every record of ``batch`` is a kept one (after
+        ``retain``), else also the drop decision to the others (dry_run). Pre-serialized
+        attributes, one per distinct weight (``LogBatch.add_attributes``)."""
         cache = self._attr_cache
-        kept = compress(d.records, d.mask)
-        for rec, w in zip(kept, d.kept_w, strict=True):
-            data = cache.get(w)
-            if data is None:
-                data = self._attr_bytes(w)
-            rec.MergeFromString(data)
-        if self.config.dry_run:
+        data = list(map(cache.get, kept_w))
+        if None in data:
+            data = [d if d is not None else self._attr_bytes(w)
+                    for d, w in zip(data, kept_w, strict=True)]
+        if mask is not None:
             drop = self._drop_bytes
-            for rec, keep in zip(d.records, d.mask, strict=True):
-                if not keep:
-                    rec.MergeFromString(drop)
+            kept = iter(data)
+            data = [next(kept) if keep else drop for keep in mask]
+        batch.add_attributes(data)  # type: ignore[arg-type]
 
     def _threshold(self, p: float) -> bytes:
         """The rejection threshold ceil((1 - p) * 2**56) as 7 big-endian bytes; when that is

@@ -73,8 +73,9 @@ Hot path (per batch, lookups from cheapest to dearest; DESIGN.md §Hot path):
 Every cache holds at most ``cache_size`` entries (cleared when full) and keys longer than
 2048 characters are not cached, so memory stays flat. Caches that skip the liveness check
 (bodies, plain skeletons) are cleared whenever the miner merged or evicted a pattern. The
-attributes are appended as bytes serialized once per pattern (``MergeFromString``),
-several times cheaper than building ``KeyValue`` messages per record. The string bodies
+attributes are appended as bytes serialized once per pattern (``LogBatch.add_attributes``:
+one ``MergeFromString``, several times cheaper than building ``KeyValue`` messages per
+record; in the pipeline the write waits until sampling has dropped what it drops). The string bodies
 read are handed on in ``batch.bodies`` (reading a body again from upb costs ~0.5 us).
 
 State: ``snapshot()`` / ``restore()`` (plain JSON data; the collector keeps it in its
@@ -88,8 +89,8 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from itertools import repeat
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, not_
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -112,6 +113,9 @@ _TO_5 = bytes.maketrans(b"0123456789", b"5555555555")
 _MISSING = Pattern("", [], 0, ())  # what a batch lookup finds for a key not cached
 _MISSING.alive = False
 _ALIVE = attrgetter("alive")
+_ATTR_BYTES = attrgetter("attr_bytes")
+_ID = attrgetter("id")
+_TEMPLATE = attrgetter("template")
 _DIGITS = b"0123456789"
 _LOGFMT = re.compile(r'\s*([A-Za-z_][\w.\-/]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?=\s|\Z)')
 
@@ -205,11 +209,13 @@ class SignatureProcessor:
         for p, c in counts.items():
             p.count += c
         self.miner.touch(counts)
-        attrs = self._attr_bytes
-        for rec, p in zip(records, pats, strict=True):
-            rec.MergeFromString(p.attr_bytes or attrs(p))
-        batch.pattern_ids[:] = [p.id for p in pats]
-        batch.templates[:] = [p.template for p in pats]
+        data = list(map(_ATTR_BYTES, pats))
+        if None in data:
+            data = [d if d is not None else self._attr_bytes(p)
+                    for d, p in zip(data, pats, strict=True)]
+        batch.add_attributes(data)
+        batch.pattern_ids[:] = map(_ID, pats)
+        batch.templates[:] = map(_TEMPLATE, pats)
         batch.bodies = texts
 
     def _find(self, records: list[LogRecord], texts: list[str], found: list[Pattern],
@@ -272,9 +278,7 @@ class SignatureProcessor:
         parse_logfmt = self.config.parse_logfmt
         skel_get = self._skeletons.get
         bs = whole.split(b"\0") if skels else []
-        for k, ok in enumerate(alive):
-            if ok:
-                continue
+        for k in compress(range(len(alive)), map(not_, alive)):  # the misses only
             p: Pattern | None = None
             text = sub[k]
             i = idx[k]

@@ -3,6 +3,7 @@ aligned (bodies included), and compacted()."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -83,3 +84,61 @@ def test_compacted_copies_only_when_most_records_are_gone() -> None:
     out = batch.compacted()
     assert out is not req and out == req  # 7 of 10: a copy, equal to what is left
     assert out.ByteSize() == req.ByteSize()
+
+
+def _attr_bytes(key: str, value: str) -> bytes:
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    return LogRecord(attributes=[KeyValue(key=key, value=AnyValue(string_value=value))]
+                     ).SerializeToString()
+
+
+def _attrs(req: ExportLogsServiceRequest) -> list[list[tuple[str, str]]]:
+    return [[(kv.key, kv.value.string_value) for kv in rec.attributes]
+            for rl in req.resource_logs for sl in rl.scope_logs for rec in sl.log_records]
+
+
+def test_add_attributes_writes_at_once_unless_deferred() -> None:
+    a = [_attr_bytes("k", f"v{i}") for i in range(5)]
+    now = LogBatch(make_request([[3, 2]]), 0.0)
+    now.add_attributes(a)
+    assert _attrs(now.request) == [[("k", f"v{i}")] for i in range(5)]
+
+    later = LogBatch(make_request([[3, 2]]), 0.0, defer_attributes=True)
+    later.add_attributes(a)
+    assert _attrs(later.request) == [[]] * 5  # nothing written yet
+    later.write_attributes()
+    assert _attrs(later.request) == [[("k", f"v{i}")] for i in range(5)]
+    later.write_attributes()  # written once, not twice
+    assert _attrs(later.request) == [[("k", f"v{i}")] for i in range(5)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 30), min_size=1, max_size=3), min_size=1, max_size=3),
+       st.data())
+def test_deferred_attributes_follow_retain_and_land_in_order(
+        shape: list[list[int]], data: st.DataObject) -> None:
+    """Two processors add attributes, one drops records in between: each survivor gets
+    exactly its own attributes, in the order they were added; the dropped get none (they
+    are gone); summary records appended later get none."""
+    batch = LogBatch(make_request(shape), 0.0, defer_attributes=True)
+    n = len(batch)
+    bodies = [r.body.string_value for r in batch.records]
+    batch.add_attributes([_attr_bytes("first", b) for b in bodies])
+    keep = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    batch.retain(keep)
+    survivors = [b for b, k in zip(bodies, keep, strict=True) if k]
+    batch.add_attributes([_attr_bytes("second", b) if i % 2 else b""
+                          for i, b in enumerate(survivors)])
+    extra = make_request([[2]]).resource_logs[0]
+    batch.append_resource_logs(extra, ["p", "p"], ["t", "t"])
+    batch.write_attributes()
+    want = [[("first", b)] + ([("second", b)] if i % 2 else [])
+            for i, b in enumerate(survivors)] + [[], []]
+    assert _attrs(batch.request) == want
+
+
+def test_add_attributes_rejects_a_misaligned_list() -> None:
+    batch = LogBatch(make_request([[3]]), 0.0, defer_attributes=True)
+    with pytest.raises(ValueError, match="2 attribute entries for 3 records"):
+        batch.add_attributes([b""] * 2)
