@@ -109,13 +109,16 @@ class Leaf(dict):  # Pattern -> None: an ordered set, O(1) removal
     (``<*>`` included), so that matching looks at the few patterns that share a token with
     the message instead of all of them (a source with 100k templates puts thousands in the
     ``<*>`` leaves). A posting of one pattern is the pattern itself (most are: a dict each
-    would cost ~100 MB at 50k patterns). Updated by Miner._leaf_add/_leaf_remove only."""
+    would cost ~100 MB at 50k patterns). With the index, ``by_vars`` holds the patterns
+    by their number of ``<*>`` tokens (what _candidates needs for exact fits). Updated by
+    Miner._leaf_add/_leaf_remove only."""
 
-    __slots__ = ("index",)
+    __slots__ = ("index", "by_vars")
 
     def __init__(self, patterns: Iterable[Pattern] = ()) -> None:
         super().__init__((p, None) for p in patterns)
         self.index: list[dict[str, Pattern | dict[Pattern, None]]] | None = None
+        self.by_vars: dict[int, dict[Pattern, None]] = {}
 
     def append(self, p: Pattern) -> None:
         self[p] = None
@@ -271,13 +274,15 @@ class Miner:
         s = self._least_same(n)
         posting = leaf.posting
         own = [posting(i, t) for i, t in enumerate(tokens)]
-        var = [posting(i, VAR) if t != VAR else () for i, t in enumerate(tokens)]
         out: dict[Pattern, None] = {}
         for i in sorted(range(n), key=lambda i: len(own[i]))[: n - s + 1]:
             out.update(dict.fromkeys(own[i]))
-        fit = min(range(n), key=lambda i: len(own[i]) + len(var[i]))
-        out.update(dict.fromkeys(own[fit]))
-        out.update(dict.fromkeys(var[fit]))
+        # An exact fit sharing fewer than s positions has more than n - s <*> tokens: few
+        # patterns are that general, and by_vars has them apart (looking them up through
+        # the <*> postings would visit every pattern with a <*> at some position).
+        for k, group in leaf.by_vars.items():
+            if k > n - s:
+                out.update(group)
         return out
 
     def _least_same(self, n: int) -> int:
@@ -531,6 +536,7 @@ class Miner:
 
 def _index_add(leaf: Leaf, p: Pattern) -> None:
     assert leaf.index is not None
+    leaf.by_vars.setdefault(p.tokens.count(VAR), {})[p] = None
     for by_token, tok in zip(leaf.index, p.tokens, strict=True):
         got = by_token.get(tok)
         if got is None:
@@ -543,6 +549,12 @@ def _index_add(leaf: Leaf, p: Pattern) -> None:
 
 def _index_remove(leaf: Leaf, p: Pattern) -> None:
     assert leaf.index is not None
+    k = p.tokens.count(VAR)
+    group = leaf.by_vars.get(k)
+    if group is not None:
+        group.pop(p, None)
+        if not group:
+            del leaf.by_vars[k]
     for by_token, tok in zip(leaf.index, p.tokens, strict=True):
         got = by_token.get(tok)
         if got is p:

@@ -258,6 +258,9 @@ def test_leaf_index_finds_what_a_full_scan_finds(stored: list[list[str]],
             expected_index.setdefault(key, set()).add(p)
     assert {(i, tok): set(leaf.posting(i, tok)) for i, by_token in enumerate(leaf.index)
             for tok in by_token} == expected_index
+    assert {k: set(g) for k, g in leaf.by_vars.items()} == {
+        k: {p for p in leaf if p.tokens.count(VAR) == k}
+        for k in {p.tokens.count(VAR) for p in leaf}}
     plain = Leaf(leaf)  # no index: _best scans all of it
     for probe in probes:
         candidates = set(m._candidates(leaf, probe))
