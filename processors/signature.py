@@ -31,7 +31,7 @@ setting                     default                          meaning
 ``emit_template``           ``false``                        also add ``log.record.template``
 ``seed_templates``          ``[]``                           templates to start with (their
                                                              ids are known before traffic)
-``cache_size``              ``100000``                       entries in each lookup cache
+``cache_size``              ``50000``                        entries in each lookup cache
                                                              (bodies, skeletons, shapes,
                                                              tokens); cleared when full
 ==========================  ===============================  ================================
@@ -139,7 +139,7 @@ class Config(StrictModel):
     emit_template: bool = Field(False, description="also add log.record.template")
     seed_templates: list[str] = Field(default_factory=list,
                                       description="templates created at start")
-    cache_size: int = Field(100_000, ge=0, description="entries per lookup cache")
+    cache_size: int = Field(50_000, ge=0, description="entries per lookup cache")
 
 
 class SignatureProcessor:
