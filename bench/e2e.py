@@ -4,7 +4,7 @@ processes, all on loopback (issue 9).
 Usage::
 
     python bench/e2e.py [--duration 20] [--warmup 5] [--concurrency 4] [--variants 8]
-                        [--patterns 100000] [--soak 0] [--write-docs] [--only RUNS]
+                        [--patterns 100000] [--soak 0] [--write-docs] [--only RUNS] [--keep-tmp]
 
 What runs, in one invocation (so that ratios are measured under the same machine load):
 
@@ -54,6 +54,7 @@ import pickle
 import platform
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -890,7 +891,21 @@ def controller(args: argparse.Namespace) -> None:
     def want(name: str) -> bool:
         return only is None or name in only
 
+    root = data_dir()
+    if not (root / "Android" / "Android_2k.log").is_file():
+        raise SystemExit(f"bench/e2e.py: no Loghub data in {root}: put loghub_2k at "
+                         f"<repo>/../shared/data/loghub_2k or set LIPSERVICE_LOGHUB_DIR")
     bench = Bench(args)
+    try:
+        _controller(args, want, bench)
+    finally:
+        if args.keep_tmp:
+            print(f"run files kept in {bench.tmp}")
+        else:
+            shutil.rmtree(bench.tmp, ignore_errors=True)
+
+
+def _controller(args: argparse.Namespace, want: Any, bench: Bench) -> None:
     started = dt.datetime.now()
     print(f"machine: {machine()}; load average at start {os.getloadavg()}", flush=True)
     loghub_list = loghub_payloads(data_dir(), variants=args.variants,
@@ -1032,6 +1047,8 @@ def main() -> None:
     ap.add_argument("--only", default="",
                     help="comma-separated: limit,pass-through,full,half,patterns")
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--keep-tmp", action="store_true",
+                    help="keep the run directory (configs, sidecar stderr, payloads; ~100 MB)")
     ap.add_argument("--profile", metavar="DIR", default="",
                     help="sample the sidecar with py-spy into DIR/<run>.txt (collapsed "
                          "stacks); profiled numbers are not comparable")
