@@ -168,6 +168,7 @@ class SignatureProcessor:
         # Body cache use (see _body_cache_full): lookups and misses since it last filled.
         self._body_caching = True
         self._body_lookups = self._body_misses = self._body_resume = 0
+        self._body_pause = 4  # x cache_size lookups without filling; doubles up to 64
         self.records_total = 0
         self.cache_misses_total = 0
         self._seed()
@@ -198,7 +199,7 @@ class SignatureProcessor:
             found = list(map(self._bodies.get, texts, repeat(_MISSING)))
             alive = list(map(_ALIVE, found))
             if not all(alive):
-                self._find(records, texts, found, [i for i, a in enumerate(alive) if not a])
+                self._find(records, texts, found, list(compress(range(n), map(not_, alive))))
         else:
             found = [_MISSING] * n
             self._find(records, texts, found, None)
@@ -227,10 +228,11 @@ class SignatureProcessor:
         the joined bodies) and looked up in ``_plain`` with one C-level map; only records
         whose skeleton is not there (new shapes, digit-keeping tokens, JSON/logfmt/kvlist
         bodies) take the per-record path."""
-        if todo is not None:
+        if todo is not None and [found[i] for i in todo].count(_MISSING) != len(todo):
             rest = []
             for i in todo:  # a cached pattern merged since: follow it
-                live = found[i].live()
+                p = found[i]
+                live = p.live() if p is not _MISSING else None
                 if live is not None:
                     found[i] = self._bodies[texts[i]] = live
                 else:
@@ -276,32 +278,38 @@ class SignatureProcessor:
         skeleton has digit-keeping tokens are looked up by those tokens' bytes (skeleton and
         bytes already made), everything else takes the per-record path."""
         parse_logfmt = self.config.parse_logfmt
-        skel_get = self._skeletons.get
-        bs = whole.split(b"\0") if skels else []
-        for k in compress(range(len(alive)), map(not_, alive)):  # the misses only
-            p: Pattern | None = None
-            text = sub[k]
-            i = idx[k]
-            entry = skel_get(skels[k]) if skels else None
+        miss = list(compress(range(len(alive)), map(not_, alive)))
+        if not skels:
+            for k in miss:
+                found[idx[k]] = self._pattern_of_text(records[idx[k]], sub[k])
+            return
+        bs = whole.split(b"\0")
+        entries = list(map(self._skeletons.get, [skels[k] for k in miss]))
+        for k, entry in zip(miss, entries, strict=True):
             # entry[2]: the skeleton's texts are plain (the same for all of them)
             if entry is not None and entry[2]:
-                b = bs[k]
                 spans, target, _ = entry
-                if not spans:
-                    p = target  # type: ignore[assignment]
+                if spans:  # the common case first: a live pattern under the tokens' bytes
+                    b = bs[k]
+                    if len(spans) == 1:
+                        p = target.get(b[spans[0][0]:spans[0][1]])  # type: ignore[union-attr]
+                    else:
+                        p = target.get(  # type: ignore[union-attr]
+                            b"".join([b[s:e] for s, e in spans]))
+                    if p is not None and p.alive:
+                        found[idx[k]] = p
+                        continue
+                    if p is not None:
+                        p = p.live()
                 else:
-                    value = (b[spans[0][0]:spans[0][1]] if len(spans) == 1
-                             else b"".join([b[s:e] for s, e in spans]))
-                    p = target.get(value)  # type: ignore[union-attr]
-                if p is not None and not p.alive:
-                    p = p.live()
-                if p is not None and not spans:
-                    self._plain[skels[k]] = p  # (again): cleared, or it held a dead one
-                found[i] = p if p is not None else self._mine(text, b, skels[k])
-            elif entry is None and skels and _is_plain(text, parse_logfmt):
-                found[i] = self._mine(text, bs[k], skels[k])
+                    p = target if target.alive else target.live()  # type: ignore[union-attr]
+                    if p is not None:
+                        self._plain[skels[k]] = p  # (again): cleared, or it held a dead one
+                found[idx[k]] = p if p is not None else self._mine(sub[k], bs[k], skels[k])
+            elif entry is None and _is_plain(sub[k], parse_logfmt):
+                found[idx[k]] = self._mine(sub[k], bs[k], skels[k])
             else:
-                found[i] = self._pattern_of_text(records[i], text)
+                found[idx[k]] = self._pattern_of_text(records[idx[k]], sub[k])
 
     def _pattern_of_text(self, record: LogRecord, text: str) -> Pattern:
         """The pattern of one record whose body missed the batch lookups."""
@@ -343,14 +351,17 @@ class SignatureProcessor:
     def _body_cache_full(self) -> None:
         """Clear the full body cache; if it answered fewer than a quarter of the lookups
         since it was last cleared (every body new, as when lines carry timestamps), stop
-        filling it for the next 4 x cache_size bodies: inserting bodies that never repeat
-        costs more than the skeleton cache it would spare."""
+        filling it for the next 4 x cache_size bodies, twice as long each time it proves
+        useless again (up to 64 x): inserting bodies that never repeat costs more than the
+        skeleton cache it would spare."""
         hits = self._body_lookups - self._body_misses
         if hits * 4 < self._body_lookups:
             self._body_caching = False
-            self._body_resume = self._body_lookups + 4 * self.config.cache_size
+            self._body_resume = self._body_lookups + self._body_pause * self.config.cache_size
+            self._body_pause = min(2 * self._body_pause, 64)  # useless again: wait longer
         else:
             self._body_lookups = self._body_misses = 0
+            self._body_pause = 4
         self._bodies.clear()
 
     def _resume_body_cache(self) -> None:
