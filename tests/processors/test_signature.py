@@ -362,3 +362,28 @@ def test_grouping_accuracy_definition() -> None:
     assert fga == pytest.approx(2 * (2 / 3) * (2 / 4) / (2 / 3 + 2 / 4))
     with pytest.raises(ValueError):
         grouping_accuracy([], [])
+
+
+def test_body_cache_pauses_longer_while_bodies_never_repeat_and_results_stay_the_same() -> None:
+    """Bodies that never repeat (a counter in every line) make the body cache useless: it
+    stops being filled, for twice as long each time it fills up useless again (capped);
+    once bodies repeat, a full cache that answered lookups resets the pause. The patterns
+    found are those of a processor without a body cache."""
+    proc = SignatureProcessor(Config(cache_size=20))
+    plain = SignatureProcessor(Config(cache_size=0))
+    pauses = []
+    for k in range(400):
+        bodies = [f"request {k * 10 + i} served in {i} ms" for i in range(10)]
+        assert run(proc, bodies).pattern_ids == run(plain, bodies).pattern_ids
+        if not proc._body_caching and (not pauses or pauses[-1] != proc._body_resume):
+            pauses.append(proc._body_resume)
+    gaps = [b - a for a, b in zip(pauses, pauses[1:], strict=False)]
+    assert len(gaps) >= 3 and gaps[1] > gaps[0] and gaps[2] > gaps[1]  # growing pauses
+    assert proc._body_pause <= 64
+    repeated = [f"cache line {i}" for i in range(10)]
+    for _ in range(400):  # now bodies repeat: once resumed, the cache answers them
+        assert run(proc, repeated).pattern_ids == run(plain, repeated).pattern_ids
+    assert proc._body_caching
+    fresh = [f"fresh line {i} of a new kind" for i in range(15)]
+    assert run(proc, fresh).pattern_ids == run(plain, fresh).pattern_ids  # fills it
+    assert proc._body_pause == 4  # that fill had answered most lookups: pause reset
