@@ -21,8 +21,8 @@ WORKDIR /src
 RUN python -m venv /opt/lipservice
 # The build context is an allow-list (.dockerignore): package sources, config, pins.
 COPY . .
-# Extras: "fast" adds uvloop. Bytecode is compiled here, since the runtime filesystem is
-# read-only.
+# EXTRAS: optional extras ("fast" is empty now: uvloop is a dependency). Bytecode is
+# compiled here, since the runtime filesystem is read-only.
 ARG EXTRAS=fast
 RUN /opt/lipservice/bin/pip install --no-cache-dir -c constraints.txt ".[${EXTRAS}]" \
  && /opt/lipservice/bin/python -m compileall -q /opt/lipservice/lib

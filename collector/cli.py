@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
     try:
-        import uvloop  # optional speed-up (pip install lipservice[fast])
+        import uvloop  # a dependency except on Windows, where asyncio's loop is used
 
         uvloop.install()
     except ImportError:

@@ -278,8 +278,8 @@ def test_image_install_step_works_outside_the_repo(tmp_path):
     """Mirrors the Dockerfile's build: context from .dockerignore, non-editable
     `pip install -c constraints.txt <context>` into a fresh venv, then the console script
     and the package data used from another directory. Offline: dependencies come from this
-    test environment (`--no-index`), the build backend too (`--no-build-isolation`); the
-    image adds the optional `fast` extra (uvloop), which is left out here."""
+    test environment (`--no-index`, uvloop included: it is a dependency), the build backend
+    too (`--no-build-isolation`)."""
     context = tmp_path / "context"
     copied = build_context(context)
     assert "config/container.yaml" in copied and "pyproject.toml" in copied
