@@ -358,7 +358,6 @@ _Summary = tuple[ResourceLogs, list[str], list[str]]  # records, their pattern i
 
 
 class _Decided(NamedTuple):
-    records: list[LogRecord]
     mask: list[bool]  # keep flag per record
     kept_w: list[float]  # adjusted count per kept record, in order
 
@@ -448,8 +447,9 @@ class SamplingProcessor:
 
     def process(self, batch: LogBatch) -> None:
         """Decide every record of ``batch``, then remove dropped ones (``batch.retain``),
-        then annotate the kept records (``batch.add_attributes``), then append any window summaries. On an internal error the
-        batch is unchanged (all decisions come before the first mutation)."""
+        then annotate the kept records (``batch.add_attributes``), then append any window
+        summaries. On an internal error the batch is unchanged (all decisions come before
+        the first mutation)."""
         now = batch.now
         self._now = now
         default, per_service = self._table  # one read: one policy set per batch
@@ -642,7 +642,7 @@ class SamplingProcessor:
         kr["sampled"] += n_sampled
         kr["anomaly"] += n_anomaly
         self.dropped += len(mask) - n_kept
-        return _Decided(records, mask, kept_w)
+        return _Decided(mask, kept_w)
 
     def _key_rates(self, batch: LogBatch, comp: _Compiled, idx: list[int] | None,
                    keys: list[str]) -> dict[str, float]:

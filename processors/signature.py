@@ -71,12 +71,13 @@ Hot path (per batch, lookups from cheapest to dearest; DESIGN.md §Hot path):
 4. only a shape never seen before runs the context rules and the miner.
 
 Every cache holds at most ``cache_size`` entries (cleared when full) and keys longer than
-2048 characters are not cached, so memory stays flat. Caches that skip the liveness check
-(bodies, plain skeletons) are cleared whenever the miner merged or evicted a pattern. The
-attributes are appended as bytes serialized once per pattern (``LogBatch.add_attributes``:
-one ``MergeFromString``, several times cheaper than building ``KeyValue`` messages per
-record; in the pipeline the write waits until sampling has dropped what it drops). The string bodies
-read are handed on in ``batch.bodies`` (reading a body again from upb costs ~0.5 us).
+2048 characters are not cached, so memory stays flat. Cached entries may point at a pattern
+merged or evicted since: the batch lookups check liveness with one C-level map and follow
+merges. The attributes are appended as bytes serialized once per pattern
+(``LogBatch.add_attributes``: one ``MergeFromString``, several times cheaper than building
+``KeyValue`` messages per record; in the pipeline the write waits until sampling has
+dropped what it drops). The string bodies read are handed on in ``batch.bodies`` (reading a
+body again from upb costs ~0.5 us).
 
 State: ``snapshot()`` / ``restore()`` (plain JSON data; the collector keeps it in its
 SQLite state store under ``storage.directory``); metrics from ``collect_metrics()`` at
