@@ -82,6 +82,8 @@ def parse_duration(value: Any) -> float:
         m = _DURATION.match(value)
         if m:
             return float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]
+        if _DURATION.match(value.strip().removeprefix("-")):
+            raise ValueError(f"a duration cannot be negative, got {value!r}")
     raise ValueError(f"expected a duration such as '5s', '250ms' or '1m', got {value!r}")
 
 

@@ -140,7 +140,7 @@ class Config(StrictModel):
     emit_template: bool = Field(False, description="also add log.record.template")
     seed_templates: list[str] = Field(default_factory=list,
                                       description="templates created at start")
-    cache_size: int = Field(50_000, ge=0, description="entries per lookup cache")
+    cache_size: int = Field(50_000, ge=0, description="entries per lookup cache; 0 = no caching")
 
 
 class SignatureProcessor:

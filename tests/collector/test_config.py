@@ -113,8 +113,11 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 def test_units() -> None:
     assert parse_duration("1m") == 60 and parse_duration(2) == 2.0
     assert parse_size("20MiB") == 20 * 1024 * 1024 and parse_size("1KB") == 1000
-    with pytest.raises(ValueError):
-        parse_duration("-1s")
+    for negative in ("-1s", "-5ms", " -2 "):
+        with pytest.raises(ValueError, match="cannot be negative"):
+            parse_duration(negative)
+    with pytest.raises(ValueError, match="expected a duration such as"):
+        parse_duration("abc")
 
 
 def test_default_config_is_valid_and_validate_cli(example: Path) -> None:
