@@ -359,13 +359,7 @@ class Miner:
         keep.template = " ".join(new)
         keep.attr_bytes = None
         for q in group[1:]:
-            keep.count += q.count
-            self._unlink(q)
-            q.merged_into = keep
-            for k in q.keys:
-                self._created[k] = keep
-            keep.keys.extend(q.keys)
-            q.keys = []
+            self._fold(q, keep)
             self._add_alias(q.id, keep.id)
             self.merged_total += 1
         return keep
@@ -389,6 +383,17 @@ class Miner:
             group.discard(k)
             if not group:
                 del self._alias_of[v]
+
+    def _fold(self, p: Pattern, into: Pattern) -> None:
+        """Merge ``p`` into ``into``: its count and creation keys move over, ``p`` leaves the
+        tree and follows ``into`` from now on (the caller records the alias)."""
+        into.count += p.count
+        self._unlink(p)
+        p.merged_into = into
+        for k in p.keys:
+            self._created[k] = into
+        into.keys.extend(p.keys)
+        p.keys = []
 
     def _unlink(self, p: Pattern) -> None:
         p.alive = False
@@ -457,13 +462,7 @@ class Miner:
             p.id = shared_id
             p.attr_bytes = None
         elif target.template == p.template:
-            target.count += p.count
-            self._unlink(p)
-            p.merged_into = target
-            for k in p.keys:
-                self._created[k] = target
-            target.keys.extend(p.keys)
-            p.keys = []
+            self._fold(p, target)
         else:
             return False
         self._add_alias(pid, shared_id)

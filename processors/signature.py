@@ -289,23 +289,13 @@ class SignatureProcessor:
         for k, entry in zip(miss, entries, strict=True):
             # entry[2]: the skeleton's texts are plain (the same for all of them)
             if entry is not None and entry[2]:
-                spans, target, _ = entry
-                if spans:  # the common case first: a live pattern under the tokens' bytes
-                    b = bs[k]
-                    if len(spans) == 1:
-                        p = target.get(b[spans[0][0]:spans[0][1]])  # type: ignore[union-attr]
-                    else:
-                        p = target.get(  # type: ignore[union-attr]
-                            b"".join([b[s:e] for s, e in spans]))
+                spans = entry[0]
+                if len(spans) == 1:  # the common case inline: a live pattern under the bytes
+                    p = entry[1].get(bs[k][spans[0][0]:spans[0][1]])  # type: ignore[union-attr]
                     if p is not None and p.alive:
                         found[idx[k]] = p
                         continue
-                    if p is not None:
-                        p = p.live()
-                else:
-                    p = target if target.alive else target.live()  # type: ignore[union-attr]
-                    if p is not None:
-                        self._plain[skels[k]] = p  # (again): cleared, or it held a dead one
+                p = self._from_entry(entry, bs[k], skels[k])
                 found[idx[k]] = p if p is not None else self._mine(sub[k], bs[k], skels[k])
             elif entry is None and _is_plain(sub[k], parse_logfmt):
                 found[idx[k]] = self._mine(sub[k], bs[k], skels[k])
@@ -385,17 +375,27 @@ class SignatureProcessor:
         b = message.encode("utf-8", "surrogatepass")
         skeleton = b.replace(b"0x", b"\xff\xfe").replace(b"0X", b"\xff\xfd").translate(_TO_5)
         entry = self._skeletons.get(skeleton)
-        if entry is not None:
-            spans, target, plain = entry
-            p = target if not spans else target.get(  # type: ignore[union-attr,assignment]
-                b"".join([b[s:e] for s, e in spans]))
-            if p is not None:
-                live = p if p.alive else p.live()
-                if live is not None:
-                    if plain and not spans:
-                        self._plain[skeleton] = live  # (again) after a clear
-                    return live
-        return self._mine(message, b, skeleton)
+        live = self._from_entry(entry, b, skeleton) if entry is not None else None
+        return live if live is not None else self._mine(message, b, skeleton)
+
+    def _from_entry(self, entry: tuple[tuple[tuple[int, int], ...],
+                                       dict[bytes, Pattern] | Pattern, bool],
+                    b: bytes, skeleton: bytes) -> Pattern | None:
+        """The live pattern a skeleton entry holds for a message's UTF-8 ``b`` (the bytes
+        of its digit-keeping tokens select it), or None: mine the message."""
+        spans, target, plain = entry
+        if not spans:
+            p: Pattern | None = target  # type: ignore[assignment]
+        elif len(spans) == 1:
+            p = target.get(b[spans[0][0]:spans[0][1]])  # type: ignore[union-attr]
+        else:
+            p = target.get(b"".join([b[s:e] for s, e in spans]))  # type: ignore[union-attr]
+        if p is None:
+            return None
+        live = p if p.alive else p.live()
+        if live is not None and plain and not spans:
+            self._plain[skeleton] = live  # (again): cleared, or it held a dead one
+        return live
 
     def _mine(self, message: str, b: bytes, skeleton: bytes) -> Pattern:
         """pattern_for after a skeleton-cache miss: masking, shape cache, the tree; then

@@ -107,7 +107,12 @@ class PolicyApi:
             return error(401, "wrong bearer token")
         return None
 
-    def _scope(self, request: web.Request) -> tuple[str, ControlLoop] | web.Response:
+    def _scope(self, request: web.Request,
+               write: bool) -> tuple[str, ControlLoop] | web.Response:
+        """The route's service name and the loop, or the error answer: permission first
+        (:meth:`_denied`), then a running loop, then a valid name."""
+        if (denied := self._denied(request, write)) is not None:
+            return denied
         if self.loop is None:
             return error(503, "the control loop is not running yet")
         name = request.match_info["service"]
@@ -132,9 +137,7 @@ class PolicyApi:
             for s, p in scopes.items()]})
 
     async def get_policy(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, write=False)) is not None:
-            return denied
-        got = self._scope(request)
+        got = self._scope(request, write=False)
         if isinstance(got, web.Response):
             return got
         name, loop = got
@@ -150,9 +153,7 @@ class PolicyApi:
         return web.json_response(body)
 
     async def get_history(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, write=False)) is not None:
-            return denied
-        got = self._scope(request)
+        got = self._scope(request, write=False)
         if isinstance(got, web.Response):
             return got
         name, loop = got
@@ -166,9 +167,7 @@ class PolicyApi:
                                   "versions": [h.to_json() for h in history]})
 
     async def post_policy(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, write=True)) is not None:
-            return denied
-        got = self._scope(request)
+        got = self._scope(request, write=True)
         if isinstance(got, web.Response):
             return got
         name, loop = got
@@ -192,9 +191,7 @@ class PolicyApi:
                                   **verdict.to_json()})
 
     async def post_refresh(self, request: web.Request) -> web.Response:
-        if (denied := self._denied(request, write=True)) is not None:
-            return denied
-        got = self._scope(request)
+        got = self._scope(request, write=True)
         if isinstance(got, web.Response):
             return got
         name, loop = got
