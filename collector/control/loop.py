@@ -174,8 +174,8 @@ class ControlLoop:
         self._held[scope] = rec.held_until
         metrics.POLICY_VERSION.labels(scope).set(rec.version)
         metrics.POLICY_APPLIED.labels(rec.source).inc()
-        log.info("policy v%d applied for %s (source %s): %s", rec.version, scope, rec.source,
-                 rec.reasoning[:300])
+        log.info("policy v%d applied for %s (source %s)%s", rec.version, scope, rec.source,
+                 f": {rec.reasoning[:300]}" if rec.reasoning else "")
         return rec
 
     def adopt(self, rec: StoredPolicy) -> None:
