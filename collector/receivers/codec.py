@@ -51,7 +51,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, SeverityNumber
 
 MAX_DEPTH = 100
 """Deepest message nesting accepted, in message levels (upb's default for protobuf)."""
@@ -183,6 +183,7 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
 # --------------------------------------------------------------------------- JSON decode
 
 _ID_BYTES = {"traceId": 16, "trace_id": 16, "spanId": 8, "span_id": 8}
+_SEVERITY_NAMES = frozenset(SeverityNumber.keys())
 
 
 class _Fallback(Exception):
@@ -226,7 +227,7 @@ def _json_kind(v: Any) -> str:
 
 def _reference_request(tree: dict[str, Any]) -> ExportLogsServiceRequest:
     """json_format with the OTLP id conversion; the reference semantics and messages."""
-    _ids_hex_to_base64(tree)
+    _check_records(tree)
     msg = ExportLogsServiceRequest()
     try:
         json_format.ParseDict(tree, msg, ignore_unknown_fields=True,
@@ -258,15 +259,19 @@ def _clean_parse_error(msg: str) -> str:
     return f"{path}: {reason}" if path else reason
 
 
-def _ids_hex_to_base64(tree: dict[str, Any]) -> None:
-    """In place: hex traceId/spanId → base64 (what json_format expects for bytes).
-    Raises DecodeError naming the field for a malformed id; leaves wrong shapes alone
-    (json_format reports those)."""
+def _check_records(tree: dict[str, Any]) -> None:
+    """In place, before json_format: hex traceId/spanId → base64 (what json_format expects
+    for bytes), and severityNumber checked. Raises DecodeError naming the field for a
+    malformed id, or for a severityNumber that is not an integer nor a SeverityNumber name
+    (json_format would take ``1.5`` and ``true`` as 1 and, ignoring unknown fields, an
+    unknown name as 0: an ERROR sent that way would lose its "always kept"; the Collector
+    rejects them too). Leaves wrong shapes alone (json_format reports those)."""
     for i, rl in enumerate(_seq(tree, "resourceLogs", "resource_logs")):
         for j, sl in enumerate(_seq(rl, "scopeLogs", "scope_logs")):
             for k, rec in enumerate(_seq(sl, "logRecords", "log_records")):
                 if not isinstance(rec, dict):
                     continue
+                where = f"resourceLogs[{i}].scopeLogs[{j}].logRecords[{k}]"
                 for key, size in _ID_BYTES.items():
                     v = rec.get(key)
                     if v is None:
@@ -274,10 +279,25 @@ def _ids_hex_to_base64(tree: dict[str, Any]) -> None:
                     raw = _hex_id(v, size)
                     if raw is None:
                         raise DecodeError(
-                            f"invalid OTLP JSON: resourceLogs[{i}].scopeLogs[{j}]."
-                            f"logRecords[{k}].{key}: expected {size * 2} hex digits "
-                            f"(or an empty string), got {_short(v)}")
+                            f"invalid OTLP JSON: {where}.{key}: expected {size * 2} hex "
+                            f"digits (or an empty string), got {_short(v)}")
                     rec[key] = base64.b64encode(raw).decode()
+                for key in ("severityNumber", "severity_number"):
+                    v = rec.get(key)
+                    if v is not None and not _is_severity_number(v):
+                        raise DecodeError(
+                            f"invalid OTLP JSON: {where}.{key}: expected an integer "
+                            f"(1-24; 17 = ERROR) or a name such as \"SEVERITY_NUMBER_ERROR\", "
+                            f"got {_short(v)}")
+
+
+def _is_severity_number(v: Any) -> bool:
+    if type(v) is int or (type(v) is float and v.is_integer()):  # 1e1: proto3 JSON allows
+        return True
+    if isinstance(v, str):
+        digits = v[1:] if v[:1] == "-" else v
+        return v in _SEVERITY_NAMES or (digits.isascii() and digits.isdigit())
+    return False
 
 
 def _seq(d: Any, camel: str, snake: str) -> list[Any]:

@@ -164,6 +164,29 @@ def test_json_errors_are_decode_errors_with_a_reason(body, message):
         codec.decode_json(body)
 
 
+def severity_json(value: str) -> str:
+    return ('{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":{"stringValue":"x"}},'
+            '{"severityNumber":' + value + ',"body":{"stringValue":"disk full"}}]}]}]}')
+
+
+@pytest.mark.parametrize("value", ['"lots"', '"ERROR"', "1.5", "true", "[17]", '"17x"'])
+def test_json_severity_number_that_is_no_severity_is_an_error_naming_the_record(value):
+    # json_format alone takes 1.5 and true as 1 and, ignoring unknown fields, "lots" as 0:
+    # an ERROR sent that way would silently lose its "always kept" (issue 9 trial).
+    with pytest.raises(codec.DecodeError, match=r"logRecords\[1\]\.severityNumber: expected "
+                                                r"an integer .* or a name such as"):
+        codec.decode_json(severity_json(value))
+
+
+@pytest.mark.parametrize("value, number", [
+    ("17", 17), ('"SEVERITY_NUMBER_ERROR"', 17), ('"21"', 21), ("1e1", 10), ("null", 0),
+    ("999", 999),  # proto3 enums are open: unknown numbers pass (sampling clamps them)
+])
+def test_json_severity_numbers_and_names_are_accepted(value, number):
+    rec = codec.decode_json(severity_json(value)).resource_logs[0].scope_logs[0].log_records[1]
+    assert rec.severity_number == number
+
+
 def test_json_integer_literal_too_long_for_python_is_a_clean_error():
     with pytest.raises(codec.DecodeError, match="malformed JSON"):
         codec.decode_json('{"resourceLogs": ' + "9" * 5000 + "}")

@@ -174,6 +174,9 @@ BAD_REQUESTS = {
     "JSON of the wrong shape": (b'{"resourceLogs": {"a": 1}}', JSON, {}, 400, "resourceLogs"),
     "bad trace id": (b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"traceId":"xyz"}]}]}]}',
                      JSON, {}, 400, "traceId"),
+    "unknown severity name": (b'{"resourceLogs":[{"scopeLogs":[{"logRecords":['
+                              b'{"severityNumber":"FATALISH"}]}]}]}', JSON, {}, 400,
+                              "severityNumber: expected an integer"),
     "invalid UTF-8 in protobuf": (invalid_utf8_protobuf(), PROTO, {}, 400, "UTF-8"),
     "invalid UTF-8 JSON": (b'{"a": "\xff"}', JSON, {}, 400, "UTF-8"),
     "deep nesting protobuf": (deep_request_bytes(300), PROTO, {}, 400, "nested deeper"),
