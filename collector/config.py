@@ -31,7 +31,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -41,6 +41,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -145,9 +146,34 @@ Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
 
 
 class StrictModel(BaseModel):
-    """Base for every config model: unknown keys are errors."""
+    """Base for every config model: unknown keys are errors, and so is a boolean where a
+    number is expected (pydantic would take ``cache_size: true`` as 1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if type(value) is bool and info.field_name in _numeric_fields(cls):
+            raise PydanticCustomError("number_not_boolean",
+                                      "expected a number, got a boolean ({value})",
+                                      {"value": str(value).lower()})
+        return value
+
+
+_NUMERIC_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
+
+
+def _numeric_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Names of the fields of ``model`` typed int or float (alone or in a union without
+    bool), cached per model."""
+    names = _NUMERIC_FIELDS.get(model)
+    if names is None:
+        names = _NUMERIC_FIELDS[model] = frozenset(
+            name for name, f in model.model_fields.items()
+            if bool not in (types := set(get_args(f.annotation)) or {f.annotation})
+            and types & {int, float})
+    return names
 
 
 # --------------------------------------------------------------------------- receivers
@@ -655,9 +681,17 @@ def load_config(path: str | Path | None = None, sets: Iterable[str] = (),
     tree = expand_env(tree, environ, unset)
     if not isinstance(tree, dict):
         raise ConfigError(["top level: expected a mapping"], source)
+    sets = list(sets)
     for assignment in sets:
         apply_set(tree, assignment)
-    config = load_config_tree(tree, source)
+    try:
+        config = load_config_tree(tree, source)
+    except ConfigError as err:
+        if not sets:
+            raise
+        # name the overrides too; their keys only: a value may be a secret
+        keys = ", ".join(a.split("=", 1)[0] for a in sets)
+        raise ConfigError(err.problems, f"{source} with --set {keys}") from None
     config.warnings = [f"environment variable {name} is not set; ${{env:{name}}} expanded to "
                        f"an empty string" for name in sorted(unset)]
     return config

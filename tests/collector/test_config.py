@@ -169,3 +169,36 @@ def test_a_bad_redis_url_is_named_without_its_password() -> None:
                     environ={"LIPSERVICE_REDIS_URL": "http://:hunter2-secret@redis:6379"})
     assert "storage.redis_url: must start with redis://, rediss:// or unix://" in str(err.value)
     assert "hunter2-secret" not in str(err.value)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("processors.signature.cache_size", "true"),
+    ("processors.signature.sim_threshold", "false"),
+    ("exporters.otlphttp.timeout", "true"),
+    ("exporters.otlphttp.sending_queue.queue_size", "yes"),  # YAML 1.1: a boolean
+])
+def test_a_boolean_where_a_number_belongs_is_an_error(example: Path, key: str,
+                                                      value: str) -> None:
+    # pydantic alone takes true as 1: a typo'd "cache_size: true" would silently mean 1.
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")
+                       + ": expected a number, got a boolean"):
+        load_config(example, sets=[f"{key}={value}"], environ={"POSTHOG_API_KEY": "k"})
+
+
+def test_numbers_from_environment_variables_still_load(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(ISSUE_EXAMPLE.replace("signature: {}",
+                                       "signature: {cache_size: '${env:CACHE}'}"))
+    cfg = load_config(p, environ={"CACHE": "1234", "POSTHOG_API_KEY": "k"})
+    assert cfg.processors["signature"].cache_size == 1234
+
+
+def test_errors_from_set_name_the_overrides_but_never_their_values(example: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(example, sets=["processors.signature.depth=deep",
+                                   "exporters.otlphttp.headers.Authorization=Bearer s3cret"],
+                    environ={"POSTHOG_API_KEY": "k"})
+    text = str(err.value)
+    assert "with --set processors.signature.depth, exporters.otlphttp.headers.Authorization" \
+        in text
+    assert "s3cret" not in text
