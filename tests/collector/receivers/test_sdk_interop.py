@@ -60,9 +60,6 @@ async def sinks():
     await grpc_sink.stop()
 
 
-# The SDK's LoggingHandler warns that it moves to opentelemetry-instrumentation-logging;
-# it is still the SDK's stdlib logging handler in the pinned version.
-@pytest.mark.filterwarnings("ignore:`LoggingHandler` in `opentelemetry-sdk` is deprecated")
 async def test_sdk_logs_arrive_intact_through_both_receivers_and_exporters(sinks, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     http_sink, grpc_sink = sinks
