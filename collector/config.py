@@ -115,6 +115,50 @@ def parse_size(value: Any) -> int:
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 """A size in bytes (int); accepts '20MiB', '512KB', '1GiB' or a number."""
 
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _clean_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Header values without surrounding whitespace: a Kubernetes secret or a file read
+    into ``${env:…}`` often ends in a newline, which no HTTP or gRPC client can send (every
+    export would fail). Raises for an invalid name, or a control character left inside a
+    value (the message names the header, never the value: it may be a secret)."""
+    out = {}
+    for name, value in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise PydanticCustomError(SECRET_VALUE_ERROR, "header name {name} is not a valid "
+                                      "HTTP header name", {"name": repr(name)[:80]})
+        value = value.strip()
+        if _CONTROL.search(value):
+            raise PydanticCustomError(SECRET_VALUE_ERROR, "the value of header {name} holds a "
+                                      "control character (a line break?); it cannot be sent",
+                                      {"name": repr(name)})
+        out[name] = value
+    return out
+
+
+Headers = Annotated[dict[str, str], AfterValidator(_clean_headers)]
+"""HTTP / gRPC headers (name → value), values stripped and checked (_clean_headers)."""
+
+
+def _check_http_url(url: str | None) -> str | None:
+    """An http(s) URL with a host, as the exporters need; the message shows the value
+    without any ``user:password@``."""
+    if url is None:
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0]:
+        shown = re.sub(r"^([^/]*://)?[^/@]*@", r"\1", url)
+        raise PydanticCustomError(SECRET_VALUE_ERROR, "expected an http:// or https:// URL "
+                                  "with a host, such as https://eu.i.posthog.com/i/v1/logs "
+                                  "(got {shown})", {"shown": repr(shown)[:200]})
+    return url
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+""" An ``http://`` or ``https://`` URL with a host (_check_http_url)."""
+
 
 def split_host_port(endpoint: str) -> tuple[str, int]:
     """``"127.0.0.1:4318"`` → ("127.0.0.1", 4318); ``":4318"`` → ("0.0.0.0", 4318), as the
@@ -145,20 +189,32 @@ Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
 ``run`` would refuse."""
 
 
-class StrictModel(BaseModel):
-    """Base for every config model: unknown keys are errors, and so is a boolean where a
-    number is expected (pydantic would take ``cache_size: true`` as 1)."""
+def not_boolean(value: Any) -> Any:
+    """Before-validator for a number inside a container (a dict of rates): rejects a
+    boolean, which pydantic would take as 1."""
+    if type(value) is bool:
+        raise PydanticCustomError("number_not_boolean", "expected a number, not a boolean")
+    return value
 
-    model_config = ConfigDict(extra="forbid", frozen=False)
+
+class NumbersNotBooleans(BaseModel):
+    """Mixin for models read from people: a boolean where a number is expected is an error
+    (pydantic's lax mode would take ``cache_size: true`` as 1 and ``global_rate: true`` as
+    1.0); numbers given as strings (``${env:…}``) still load."""
 
     @field_validator("*", mode="before")
     @classmethod
     def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        if type(value) is bool and info.field_name in _numeric_fields(cls):
-            raise PydanticCustomError("number_not_boolean",
-                                      "expected a number, got a boolean ({value})",
-                                      {"value": str(value).lower()})
+        if info.field_name in _numeric_fields(cls):
+            return not_boolean(value)
         return value
+
+
+class StrictModel(NumbersNotBooleans):
+    """Base for every config model: unknown keys are errors, and so is a boolean where a
+    number is expected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
 
 
 _NUMERIC_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
@@ -181,14 +237,15 @@ def _numeric_fields(model: type[BaseModel]) -> frozenset[str]:
 
 class GrpcServerConfig(StrictModel):
     endpoint: Endpoint = "127.0.0.1:4317"
-    max_recv_msg_size_mib: int = Field(16, gt=0, description="largest accepted request, MiB")
+    max_recv_msg_size_mib: int = Field(16, gt=0, le=2047, description="largest accepted "
+                                       "request, MiB (gRPC's limit is under 2 GiB)")
 
 
 class HttpServerConfig(StrictModel):
     endpoint: Endpoint = "127.0.0.1:4318"
     max_request_body_size: ByteSize = Field(
-        20 * 1024**2, description="largest request body after decompression (bytes); 413 above"
-    )
+        20 * 1024**2, ge=1, description="largest request body after decompression (bytes); "
+                                        "413 above")
 
 
 class OtlpProtocols(StrictModel):
@@ -309,9 +366,9 @@ class OtlpHttpExporterConfig(_ExporterCommon):
     ``/v1/logs`` is appended; ``logs_endpoint`` is used as given (PostHog:
     ``https://us.i.posthog.com/i/v1/logs``)."""
 
-    endpoint: str | None = None
-    logs_endpoint: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    endpoint: HttpUrl | None = None
+    logs_endpoint: HttpUrl | None = None
+    headers: Headers = Field(default_factory=dict)
     compression: Literal["gzip", "none", ""] = "gzip"
     compression_params: CompressionParams = Field(default_factory=CompressionParams)
     encoding: Literal["proto", "json"] = "proto"
@@ -333,7 +390,7 @@ class OtlpGrpcExporterConfig(_ExporterCommon):
     """``exporters: otlp``: OTLP/gRPC to ``host:port`` (or ``http(s)://host:port``)."""
 
     endpoint: str
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
     compression: Literal["gzip", "none", ""] = "gzip"
     tls: TlsClientConfig = Field(default_factory=TlsClientConfig)
 
@@ -518,8 +575,8 @@ def apply_set(tree: dict[str, Any], assignment: str) -> None:
         raise ConfigError([f"--set {assignment!r}: expected key.path=value"])
     path, raw = assignment.split("=", 1)
     keys = path.split("::") if "::" in path else path.split(".")
-    if not all(keys):
-        raise ConfigError([f"--set {assignment!r}: empty key in path {path!r}"])
+    if not all(keys):  # the path only: the value may be a secret
+        raise ConfigError([f"--set {path}=…: empty key in path {path!r}"])
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
@@ -549,6 +606,10 @@ def _fmt_loc(prefix: Iterable[str], loc: Iterable[Any]) -> str:
     return ".".join([*prefix, *(str(p) for p in loc)])
 
 
+# Settings whose values may be secrets: their errors never echo the value given.
+SECRET_KEYS = frozenset({"headers", "redis_url", "api_key"})
+
+
 def _problems(err: ValidationError, prefix: list[str]) -> list[str]:
     out = []
     for e in err.errors():
@@ -557,7 +618,8 @@ def _problems(err: ValidationError, prefix: list[str]) -> list[str]:
             out.append(f"{path}: unknown key")
         elif e["type"] == "missing":
             out.append(f"{path}: required key is missing")
-        elif e["type"] == SECRET_VALUE_ERROR:  # never echo the value
+        elif e["type"] == SECRET_VALUE_ERROR or SECRET_KEYS.intersection(map(str, e["loc"])):
+            # never echo the value
             out.append(f"{path}: {e['msg']}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
@@ -689,12 +751,17 @@ def load_config(path: str | Path | None = None, sets: Iterable[str] = (),
     except ConfigError as err:
         if not sets:
             raise
-        # name the overrides too; their keys only: a value may be a secret
-        keys = ", ".join(a.split("=", 1)[0] for a in sets)
-        raise ConfigError(err.problems, f"{source} with --set {keys}") from None
+        # say which problems come from a --set (the file does not hold that value)
+        keys = [a.split("=", 1)[0].replace("::", ".") for a in sets]
+        raise ConfigError([p + " (from --set)" if _under(p.split(": ", 1)[0], keys) else p
+                           for p in err.problems], source) from None
     config.warnings = [f"environment variable {name} is not set; ${{env:{name}}} expanded to "
                        f"an empty string" for name in sorted(unset)]
     return config
+
+
+def _under(path: str, keys: list[str]) -> bool:
+    return any(path == k or path.startswith(k + ".") for k in keys)
 
 
 def import_object(spec: str) -> Any:

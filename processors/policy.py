@@ -62,9 +62,16 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from collector.config import Duration
+from collector.config import Duration, NumbersNotBooleans, not_boolean
 
 ERROR_SEVERITY = 17
 """severity_number at and above which a record is always kept (ERROR, FATAL)."""
@@ -82,7 +89,7 @@ _SEVERITY_ALIASES = {"WARNING": "WARN", "CRITICAL": "FATAL", "ERR": "ERROR", "CR
 _GENERATED_BY_ALIASES = {"rule-based": "heuristic", "rule_based": "heuristic",
                          "rules": "heuristic", "ai": "llm"}
 
-Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+Rate = Annotated[float, BeforeValidator(not_boolean), Field(ge=0.0, le=1.0)]
 
 
 class PolicyError(ValueError):
@@ -104,7 +111,7 @@ def severity_name(severity_number: int) -> str:
     return ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")[(severity_number - 1) // 4]
 
 
-class KeepRule(BaseModel):
+class KeepRule(NumbersNotBooleans):
     """One ``always_keep`` rule: a record or resource attribute that ``equals`` a string or
     ``matches`` a regex (``re.search``), or a body that ``body_matches`` a regex."""
 
@@ -151,7 +158,7 @@ def _default_severity_rates() -> dict[str, float]:
     return {"TRACE": 0.01, "DEBUG": 0.02, "INFO": 0.05, "WARN": 0.25}
 
 
-class Policy(BaseModel):
+class Policy(NumbersNotBooleans):
     """A sampling policy (see the module docstring for fields, defaults and semantics).
 
     Immutable: a new policy is a new object, swapped in whole

@@ -136,7 +136,7 @@ def test_default_config_is_valid_and_validate_cli(example: Path) -> None:
 
 def test_unset_env_without_default_is_a_warning(example: Path) -> None:
     cfg = load_config(example, environ={})
-    assert cfg.exporters["otlphttp"].headers["Authorization"] == "Bearer "
+    assert cfg.exporters["otlphttp"].headers["Authorization"] == "Bearer"  # value trimmed
     assert any("POSTHOG_API_KEY is not set" in w for w in cfg.warnings)
     assert load_config(example, environ={"POSTHOG_API_KEY": "k"}).warnings == []
     # the embedded default marks its optional keys with `:-`, so it warns about nothing
@@ -181,7 +181,7 @@ def test_a_boolean_where_a_number_belongs_is_an_error(example: Path, key: str,
                                                       value: str) -> None:
     # pydantic alone takes true as 1: a typo'd "cache_size: true" would silently mean 1.
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")
-                       + ": expected a number, got a boolean"):
+                       + r": expected a number, not a boolean \(got (True|False)\) \(from --set\)"):
         load_config(example, sets=[f"{key}={value}"], environ={"POSTHOG_API_KEY": "k"})
 
 
@@ -193,12 +193,56 @@ def test_numbers_from_environment_variables_still_load(tmp_path: Path) -> None:
     assert cfg.processors["signature"].cache_size == 1234
 
 
-def test_errors_from_set_name_the_overrides_but_never_their_values(example: Path) -> None:
+def test_errors_from_set_say_so_and_secret_values_are_never_echoed(example: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(example, sets=["processors.signature.depth=deep",
-                                   "exporters.otlphttp.headers.Authorization=Bearer s3cret"],
+                                   "exporters.otlphttp.headers=[Bearer s3cret]"],
                     environ={"POSTHOG_API_KEY": "k"})
-    text = str(err.value)
-    assert "with --set processors.signature.depth, exporters.otlphttp.headers.Authorization" \
-        in text
-    assert "s3cret" not in text
+    problems = err.value.problems
+    assert any(p.startswith("processors.signature.depth:") and p.endswith("(from --set)")
+               for p in problems), problems
+    assert any(p.startswith("exporters.otlphttp.headers:") for p in problems), problems
+    assert "s3cret" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(example, sets=["a..b=hunter2"])
+    assert "a..b" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_header_values_are_trimmed_and_control_characters_refused(example: Path) -> None:
+    # A Kubernetes secret often ends in a newline, which no HTTP client can send: every
+    # export failed while `validate` said ok (fresh-user trial).
+    env = {"POSTHOG_API_KEY": "phc_abc\n"}
+    cfg = load_config(example, environ=env)
+    assert cfg.exporters["otlphttp"].headers["Authorization"] == "Bearer phc_abc"
+    for bad in ("phc_a\r\nX-Injected: 1", "phc\x00"):
+        with pytest.raises(ConfigError, match="header 'Authorization' holds a control "
+                                              "character") as err:
+            load_config(example, environ={"POSTHOG_API_KEY": bad})
+        assert "phc" not in str(err.value)
+    with pytest.raises(ConfigError, match="not a valid HTTP header name"):
+        load_config(example, sets=["exporters::otlphttp::headers::X Bad=v"],
+                    environ={"POSTHOG_API_KEY": "k"})
+
+
+@pytest.mark.parametrize("url", ["eu.i.posthog.com/i/v1/logs", "ftp://host/x", "https://",
+                                 "user:pw@eu.i.posthog.com/i/v1/logs"])
+def test_otlphttp_endpoints_must_be_http_urls(example: Path, url: str) -> None:
+    # POSTHOG_HOST=eu.i.posthog.com passed `validate`, then every export was retried as
+    # a transient error for 5 minutes (fresh-user trial).
+    with pytest.raises(ConfigError, match=r"logs_endpoint: expected an http:// or https:// "
+                                          r"URL") as err:
+        load_config(example, sets=[f"exporters.otlphttp.logs_endpoint={url}"],
+                    environ={"POSTHOG_API_KEY": "k"})
+    assert "pw" not in str(err.value)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("receivers.otlp.protocols.grpc.max_recv_msg_size_mib", "100000", "less than or equal"),
+    ("receivers.otlp.protocols.http.max_request_body_size", "0", "greater than or equal"),
+])
+def test_receiver_limits_that_cannot_work_are_refused(example: Path, key: str, value: str,
+                                                      message: str) -> None:
+    # 100000 MiB passed `validate` and crashed `run` in grpc (OverflowError); a body limit
+    # of 0 refused every request.
+    with pytest.raises(ConfigError, match=message):
+        load_config(example, sets=[f"{key}={value}"], environ={"POSTHOG_API_KEY": "k"})

@@ -87,6 +87,21 @@ def test_bad_documents_raise_policy_error_naming_the_field(doc, path):
     assert any(p.startswith(path) for p in info.value.problems), info.value.problems
 
 
+@pytest.mark.parametrize("doc, path", [
+    ({"global_rate": True}, "global_rate"),
+    ({"severity_rates": {"INFO": True}}, "severity_rates.INFO"),
+    ({"pattern_rates": {"ab12": False}}, "pattern_rates.ab12"),
+    ({"keep_first_n": True}, "keep_first_n"),
+    ({"max_per_window": True}, "max_per_window"),
+    ({"anomaly_boost": True}, "anomaly_boost"),
+])
+def test_a_boolean_is_not_a_rate_or_a_count(doc, path):
+    # pydantic alone takes true as 1 (a rate of 1.0: keep everything) and false as 0.
+    with pytest.raises(PolicyError) as info:
+        load_policy(doc)
+    assert f"{path}: expected a number, not a boolean" in info.value.problems
+
+
 def test_not_json_and_not_an_object():
     with pytest.raises(PolicyError, match="not JSON"):
         load_policy("{nope")

@@ -140,6 +140,10 @@ async def test_operator_override_goes_through_validation_and_guardrails(api, cap
     assert any(p.startswith("global_rate:") for p in body["error"]["problems"])
     assert any(p.startswith(f"pattern_rates.{NOISY}:") for p in body["error"]["problems"])
     assert api.sampler.policy(SVC).generated_by == "default"
+    status, body = await api.call("POST", path, headers=AUTH, json={"global_rate": True})
+    assert status == 422
+    assert body["error"]["problems"] == ["global_rate: expected a number, not a boolean"]
+    assert api.sampler.policy(SVC).generated_by == "default"
 
     # the legacy shape; ERROR < 1 forced to 1, a 10x cut bounded to 4x, a ghost id ignored
     legacy = {"global_rate": 0.1, "severity_rates": {"DEBUG": 0.02, "INFO": 0.05,
