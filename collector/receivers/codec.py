@@ -3,7 +3,7 @@ and the ``google.rpc.Status`` error bodies.
 
 Decoding (receivers, ``lipservice replay``)::
 
-    decode_protobuf(body: bytes) -> ExportLogsServiceRequest
+    decode_protobuf(body: bytes, hint) -> ExportLogsServiceRequest
     decode_json(body: bytes | str) -> ExportLogsServiceRequest
     decompress(body: bytes, encoding: str, limit: int) -> bytes
     Decompressor(encoding, limit).feed(chunk) ... .finish() -> bytes   (streaming)
@@ -80,17 +80,21 @@ class BodyTooLarge(DecodeError):
 # --------------------------------------------------------------------------- protobuf
 
 
-def decode_protobuf(body: bytes) -> ExportLogsServiceRequest:
-    """An ExportLogsServiceRequest from protobuf bytes. Raises DecodeError saying why."""
+HTTP_HINT = "check Content-Type and Content-Encoding"
+
+
+def decode_protobuf(body: bytes, hint: str = HTTP_HINT) -> ExportLogsServiceRequest:
+    """An ExportLogsServiceRequest from protobuf bytes. Raises DecodeError saying why;
+    ``hint``: what to check when the bytes are no request at all (transport specific)."""
     try:
         return ExportLogsServiceRequest.FromString(body)
     except _pb_message.DecodeError as err:
-        raise DecodeError(_protobuf_reason(str(err))) from None
+        raise DecodeError(_protobuf_reason(str(err), hint)) from None
     except Exception as err:  # noqa: BLE001 - any parser fault is bad input, never a crash
         raise DecodeError(f"invalid OTLP protobuf: {err}") from None
 
 
-def _protobuf_reason(raw: str) -> str:
+def _protobuf_reason(raw: str, hint: str) -> str:
     if "UTF-8" in raw:
         return ("invalid OTLP protobuf: a string field holds invalid UTF-8 (OTLP strings must "
                 "be UTF-8; send binary data as AnyValue bytes_value)")
@@ -98,7 +102,7 @@ def _protobuf_reason(raw: str) -> str:
         return (f"invalid OTLP protobuf: messages nested deeper than {MAX_DEPTH} levels "
                 "(deeply nested AnyValue arrays or maps in a body or attribute)")
     return ("invalid OTLP protobuf: the body is truncated or is not an "
-            "ExportLogsServiceRequest (check Content-Type and Content-Encoding)")
+            f"ExportLogsServiceRequest ({hint})")
 
 
 # --------------------------------------------------------------------------- decompression

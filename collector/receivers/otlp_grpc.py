@@ -35,6 +35,26 @@ from processors.base import count_records
 log = logging.getLogger("lipservice.receiver.grpc")
 
 SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+GRPC_HINT = ("check that the client sends an ExportLogsServiceRequest to LogsService/Export, "
+             "and names its compression in grpc-encoding")
+
+
+class _LogsOnly(grpc.GenericRpcHandler):
+    """Every method but LogsService/Export: UNIMPLEMENTED with what to do (apps that set
+    OTEL_EXPORTER_OTLP_ENDPOINT send traces and metrics here too), not grpc's bare
+    'Method not found!'."""
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = details.method
+
+        async def unimplemented(_request: bytes, context: aio.ServicerContext) -> bytes:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, (
+                f"{method}: this sidecar receives OTLP logs only ({SERVICE}/Export). Point "
+                "only the logs exporter here (OTEL_EXPORTER_OTLP_LOGS_ENDPOINT), or turn the "
+                "others off (OTEL_TRACES_EXPORTER=none, OTEL_METRICS_EXPORTER=none)."))
+            return b""  # not reached: abort raises
+
+        return grpc.unary_unary_rpc_method_handler(unimplemented)
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
@@ -72,7 +92,7 @@ class OtlpGrpcReceiver:
         ])
         handler = grpc.method_handlers_generic_handler(
             SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(self._export)})
-        server.add_generic_rpc_handlers((handler,))
+        server.add_generic_rpc_handlers((handler, _LogsOnly()))
         try:
             bound = server.add_insecure_port(address)
         except RuntimeError as err:
@@ -93,7 +113,7 @@ class OtlpGrpcReceiver:
 
     async def _export(self, body: bytes, context: aio.ServicerContext) -> bytes:
         try:
-            request = codec.decode_protobuf(body)
+            request = codec.decode_protobuf(body, GRPC_HINT)
         except codec.DecodeError as err:
             metrics.RECEIVER_REQUESTS_FAILED.labels(self.name, self.transport,
                                                     "malformed").inc()

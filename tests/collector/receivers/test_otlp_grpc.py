@@ -100,8 +100,27 @@ async def test_undecodable_request_is_invalid_argument(served, body, fragment):
         await served.export_raw(body, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert fragment in info.value.details()
+    assert "Content-Type" not in info.value.details()  # an HTTP notion, no help over gRPC
     assert metric("lipservice_receiver_bad_requests_total", **labels) == before + 1
     assert served.exporter.requests == []
+    await served.assert_still_serves()
+
+
+@pytest.mark.parametrize("method", [
+    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    "/opentelemetry.proto.collector.logs.v1.LogsService/Other",
+])
+async def test_other_methods_are_unimplemented_with_what_to_do(served, method):
+    # An app with OTEL_EXPORTER_OTLP_ENDPOINT sends traces and metrics here too; grpc's
+    # own answer was a bare 'Method not found!'.
+    call = served.channel.unary_unary(method, request_serializer=None,
+                                      response_deserializer=None)
+    with pytest.raises(aio.AioRpcError) as info:
+        await call(b"", timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert method in info.value.details()
+    assert "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT" in info.value.details()
     await served.assert_still_serves()
 
 
