@@ -157,7 +157,7 @@ def _check_http_url(url: str | None) -> str | None:
 
 
 HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
-""" An ``http://`` or ``https://`` URL with a host (_check_http_url)."""
+"""An ``http://`` or ``https://`` URL with a host (_check_http_url)."""
 
 
 def split_host_port(endpoint: str) -> tuple[str, int]:

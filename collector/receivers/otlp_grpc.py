@@ -35,6 +35,7 @@ from processors.base import count_records
 log = logging.getLogger("lipservice.receiver.grpc")
 
 SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 GRPC_HINT = ("check that the client sends an ExportLogsServiceRequest to LogsService/Export, "
              "and names its compression in grpc-encoding")
 
@@ -55,7 +56,6 @@ class _LogsOnly(grpc.GenericRpcHandler):
             return b""  # not reached: abort raises
 
         return grpc.unary_unary_rpc_method_handler(unimplemented)
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 class OtlpGrpcReceiver:
