@@ -5,20 +5,23 @@ the OpenTelemetry Collector's file exporter writes, so its output can be read ba
 | setting          | default  | meaning                                                     |
 |------------------|----------|-------------------------------------------------------------|
 | path             | —        | output file, appended to; parent directories are created    |
-| flush_interval   | 1s       | written lines reach the file at most this late; 0 = every batch |
+| flush_interval   | 1s       | accepted (the Collector's setting); lines are written at once |
 | sending_queue    |          | handled by ``collector/queue.py``                           |
 
+Each export is written to the file (one unbuffered ``write``) before it counts as sent, so
+nothing acknowledged waits in a buffer that a later write error (disk full) would lose.
 ``start()`` raises OSError naming the path when it cannot be opened for appending. A write
-error (disk full) raises a retryable ExportError; ``shutdown()`` flushes and closes.
+error raises a retryable ExportError after cutting the file back to its size before the
+write (no partial line is left); ``shutdown()`` closes the file.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
@@ -36,14 +39,13 @@ class FileExporter:
         self.name = name
         self.config = config
         self.path = Path(config.path).expanduser()
-        self._file: TextIO | None = None
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._file: BinaryIO | None = None
 
     async def start(self) -> None:
         """Open the file for appending (creating parent directories). Raises OSError."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open
         except OSError as err:
             reason = os.strerror(err.errno) if err.errno else str(err)
             raise OSError(err.errno, f"exporter {self.name}: cannot write to {self.path}: "
@@ -53,32 +55,23 @@ class FileExporter:
     async def export(self, request: ExportLogsServiceRequest) -> int:
         if self._file is None:
             raise ExportError(f"exporter {self.name}: not started", retryable=False)
-        line = codec.encode_json(request) + "\n"
+        data = memoryview((codec.encode_json(request) + "\n").encode("utf-8"))
+        fd = self._file.fileno()
+        size = None
         try:
-            self._file.write(line)
-            if self.config.flush_interval <= 0:
-                self._file.flush()
-            elif self._flush_handle is None:
-                self._flush_handle = asyncio.get_running_loop().call_later(
-                    self.config.flush_interval, self._flush)
+            size = os.lseek(fd, 0, os.SEEK_END)
+            while data:
+                data = data[os.write(fd, data):]
         except OSError as err:
+            if size is not None:  # no partial line: a retry writes the whole line again
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
             raise ExportError(f"exporter {self.name}: cannot write to {self.path}: "
                               f"{os.strerror(err.errno) if err.errno else err}",
                               retryable=True) from None
         return 0
 
-    def _flush(self) -> None:
-        self._flush_handle = None
-        if self._file is not None:
-            try:
-                self._file.flush()
-            except OSError as err:
-                log.error("exporter %s: cannot flush %s: %s", self.name, self.path, err)
-
     async def shutdown(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
         if self._file is not None:
             f, self._file = self._file, None
             try:

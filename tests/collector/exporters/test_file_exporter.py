@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import pytest
 
 from collector.config import FileExporterConfig
+from collector.exporters.base import ExportError
 from collector.exporters.file import FileExporter
 from collector.receivers import codec
-from tests.collector.wire_support import make_pipeline, make_request, wait_for
+from tests.collector.wire_support import make_pipeline, make_request, metric, wait_for
 
 
 async def test_one_request_per_line_readable_back(tmp_path):
@@ -39,6 +42,57 @@ async def test_appends_to_an_existing_file(tmp_path):
     await exporter.shutdown()
     assert path.read_text().splitlines()[0] == "previous line"
     assert len(path.read_text().splitlines()) == 2
+
+
+async def test_every_export_is_in_the_file_when_it_returns(tmp_path):
+    # A line kept in a buffer until a timed flush was lost, yet counted as sent, when that
+    # flush failed (disk full; fresh-user trial with LIPSERVICE_OUTPUT=/dev/full).
+    path = tmp_path / "logs.jsonl"
+    exporter = FileExporter("file", FileExporterConfig(path=str(path), flush_interval=60))
+    await exporter.start()
+    await exporter.export(make_request(1))
+    assert len(path.read_text().splitlines()) == 1  # before shutdown, before 60 s
+    await exporter.shutdown()
+
+
+async def test_a_full_disk_is_a_retryable_error_and_nothing_counts_as_sent():
+    exporter = FileExporter("file/full", FileExporterConfig(path="/dev/full"))
+    pipeline = make_pipeline(exporter)
+    await pipeline.start()
+    with pytest.raises(ExportError, match="No space left on device") as err:
+        await exporter.export(make_request(1))
+    assert err.value.retryable
+    sent = metric("otelcol_exporter_sent_log_records_total", exporter="file/full")
+    failed = metric("otelcol_exporter_send_failed_log_records_total", exporter="file/full")
+    pipeline.consume(make_request(3))
+    await pipeline.shutdown(5)
+    assert metric("otelcol_exporter_sent_log_records_total", exporter="file/full") == sent
+    assert metric("otelcol_exporter_send_failed_log_records_total",
+                  exporter="file/full") == failed + 3
+
+
+async def test_a_failed_write_leaves_no_partial_line(tmp_path, monkeypatch):
+    path = tmp_path / "logs.jsonl"
+    exporter = FileExporter("file", FileExporterConfig(path=str(path)))
+    await exporter.start()
+    await exporter.export(make_request(1))
+    before = path.read_bytes()
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        if len(data) > 10:
+            real_write(fd, bytes(data[:len(data) // 2]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(ExportError):
+        await exporter.export(make_request(2))
+    monkeypatch.setattr(os, "write", real_write)
+    assert path.read_bytes() == before
+    await exporter.export(make_request(2))  # the retry: one whole line
+    await exporter.shutdown()
+    assert [len(codec.decode_json(x).resource_logs[0].scope_logs[0].log_records)
+            for x in path.read_text().splitlines()] == [1, 2]
 
 
 async def test_flush_interval_zero_writes_every_batch(tmp_path):
