@@ -32,6 +32,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -138,21 +139,83 @@ def _clean_headers(headers: dict[str, str]) -> dict[str, str]:
     return out
 
 
-Headers = Annotated[dict[str, str], AfterValidator(_clean_headers)]
-"""HTTP / gRPC headers (name → value), values stripped and checked (_clean_headers)."""
+_HTTP_OWN = frozenset({"content-length", "content-type", "content-encoding", "host",
+                       "transfer-encoding", "connection"})
+
+
+def _http_headers(headers: dict[str, str]) -> dict[str, str]:
+    for name in headers:
+        if name.lower() in _HTTP_OWN:
+            raise PydanticCustomError(SECRET_VALUE_ERROR, "header {name} is set by the "
+                                      "exporter itself", {"name": repr(name)})
+    return headers
+
+
+def _grpc_metadata(headers: dict[str, str]) -> dict[str, str]:
+    """gRPC metadata: printable ASCII values; no ``-bin`` (binary) or reserved keys."""
+    for name, value in headers.items():
+        key = name.lower()
+        if key.endswith("-bin") or key.startswith("grpc-") or key in ("te", "content-type",
+                                                                      "user-agent"):
+            raise PydanticCustomError(SECRET_VALUE_ERROR, "header {name} cannot be set as "
+                                      "gRPC metadata here (binary -bin keys and keys gRPC "
+                                      "sets itself)", {"name": repr(name)})
+        if not (value.isascii() and value.isprintable()):
+            raise PydanticCustomError(SECRET_VALUE_ERROR, "the value of header {name} must "
+                                      "be printable ASCII to go in gRPC metadata",
+                                      {"name": repr(name)})
+    return headers
+
+
+Headers = Annotated[dict[str, str], AfterValidator(_clean_headers),
+                    AfterValidator(_http_headers)]
+"""HTTP headers (name → value), values stripped and checked (_clean_headers)."""
+
+GrpcHeaders = Annotated[dict[str, str], AfterValidator(_clean_headers),
+                        AfterValidator(_grpc_metadata)]
+"""gRPC metadata (name → value), checked as headers and as gRPC requires."""
+
+
+def _check_grpc_target(endpoint: str) -> str:
+    """The otlp exporter's ``host:port`` or ``http(s)://host:port`` (no path, no
+    user:password@: gRPC has no place for them)."""
+    rest = endpoint
+    for scheme in ("http://", "https://"):
+        if endpoint.lower().startswith(scheme):
+            rest = endpoint[len(scheme):].rstrip("/")
+    if "://" in rest or "/" in rest or "@" in rest:
+        raise PydanticCustomError(SECRET_VALUE_ERROR, "expected host:port, http://host:port "
+                                  "or https://host:port (no path, no user:password@)")
+    try:
+        _, port = split_host_port(rest)
+    except ValueError as err:
+        raise PydanticCustomError(SECRET_VALUE_ERROR, "{err}", {"err": str(err)}) from None
+    if not rest.rpartition(":")[0] or port == 0:
+        raise PydanticCustomError(SECRET_VALUE_ERROR, "expected host:port with a host and a "
+                                  "port from 1 to 65535")
+    return endpoint
 
 
 def _check_http_url(url: str | None) -> str | None:
-    """An http(s) URL with a host, as the exporters need; the message shows the value
-    without any ``user:password@``."""
+    """An http(s) URL with a host and a valid port, as the exporters need; the message
+    shows the value without any ``user:password@``."""
     if url is None:
         return url
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0]:
+    problem = None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            problem = "expected an http:// or https:// URL with a host"
+        elif "//" in parts.path:
+            problem = "the path holds '//' (a base URL that ends in '/', such as POSTHOG_HOST?)"
+    except ValueError as err:
+        problem = f"not a valid URL ({err})"
+    if problem is not None:
         shown = re.sub(r"^([^/]*://)?[^/@]*@", r"\1", url)
-        raise PydanticCustomError(SECRET_VALUE_ERROR, "expected an http:// or https:// URL "
-                                  "with a host, such as https://eu.i.posthog.com/i/v1/logs "
-                                  "(got {shown})", {"shown": repr(shown)[:200]})
+        raise PydanticCustomError(SECRET_VALUE_ERROR, "{problem}, such as "
+                                  "https://host:port/path (got {shown})",
+                                  {"problem": problem, "shown": repr(shown)[:200]})
     return url
 
 
@@ -180,6 +243,9 @@ def split_host_port(endpoint: str) -> tuple[str, int]:
 
 
 def _check_endpoint(value: str) -> str:
+    if "://" in value:
+        raise ValueError(f"endpoint {value!r}: expected host:port to listen on, without a "
+                         f"scheme (such as 127.0.0.1:4318)")
     split_host_port(value)
     return value
 
@@ -214,7 +280,7 @@ class StrictModel(NumbersNotBooleans):
     """Base for every config model: unknown keys are errors, and so is a boolean where a
     number is expected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 _NUMERIC_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
@@ -389,8 +455,8 @@ class TlsClientConfig(StrictModel):
 class OtlpGrpcExporterConfig(_ExporterCommon):
     """``exporters: otlp``: OTLP/gRPC to ``host:port`` (or ``http(s)://host:port``)."""
 
-    endpoint: str
-    headers: Headers = Field(default_factory=dict)
+    endpoint: Annotated[str, AfterValidator(_check_grpc_target)]
+    headers: GrpcHeaders = Field(default_factory=dict)
     compression: Literal["gzip", "none", ""] = "gzip"
     tls: TlsClientConfig = Field(default_factory=TlsClientConfig)
 
@@ -473,7 +539,8 @@ class StorageConfig(StrictModel):
 
     redis_url: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) or
     ``unix://path``; usually ``${env:LIPSERVICE_REDIS_URL}`` from a secret. Required (non
-    empty) when the backend is ``redis``: an empty one stops the start with a clear error.
+    empty) when the backend is ``redis``: an empty or unparsable one is a config error that
+    never shows the value.
     """
 
     directory: str = "./data"
@@ -486,12 +553,32 @@ class StorageConfig(StrictModel):
     @field_validator("redis_url")
     @classmethod
     def _url_scheme(cls, url: str | None) -> str | None:
-        if url and not url.startswith(("redis://", "rediss://", "unix://")):
-            # the value may hold a password: the message names the scheme only
+        if not url:
+            return url
+        # the value may hold a password: the messages never show it
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            scheme = repr(url.split("://", 1)[0][:20]) if "://" in url else "none"
             raise PydanticCustomError(
                 SECRET_VALUE_ERROR, "must start with redis://, rediss:// or unix:// (got "
-                "scheme {scheme})", {"scheme": repr(url.split(":", 1)[0][:20])})
+                "scheme {scheme})", {"scheme": scheme})
+        from redis.connection import parse_url
+        try:
+            parse_url(url)
+        except ValueError as err:
+            reason = "a port that is not a number from 0 to 65535" if "port" in str(
+                err).lower() else "a malformed address"
+            raise PydanticCustomError(SECRET_VALUE_ERROR, "cannot be used: {reason}",
+                                      {"reason": reason}) from None
         return url
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> StorageConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise PydanticCustomError(
+                SECRET_VALUE_ERROR, "backend redis needs storage.redis_url (e.g. redis_url: "
+                "{example}, which is empty or not set)",
+                {"example": "${env:LIPSERVICE_REDIS_URL}"})
+        return self
 
 
 class _RawConfig(StrictModel):

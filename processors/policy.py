@@ -31,7 +31,7 @@ severity_rates     TRACE 0.01, DEBUG 0.02, INFO 0.05,  rate per OTel severity ra
 pattern_rates      {}                                  pattern id (16 hex) -> rate
 family_rates       {}                                  family id -> rate
 keep_first_n       2                                   records of each pattern kept per window
-window             60 (seconds; "1m", "30s" accepted)  length of the first-N / cap window
+window             60 (seconds; "1m", "30s" accepted)  length of the first-N / cap window (>= 1s)
 max_per_window     None                                cap on records kept per pattern per
                                                        window (None = no cap)
 anomaly_boost      10.0                                multiplier >= 1 on p while flagged
@@ -115,7 +115,7 @@ class KeepRule(NumbersNotBooleans):
     """One ``always_keep`` rule: a record or resource attribute that ``equals`` a string or
     ``matches`` a regex (``re.search``), or a body that ``body_matches`` a regex."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     record_attribute: str | None = None
     resource_attribute: str | None = None
@@ -166,7 +166,7 @@ class Policy(NumbersNotBooleans):
     :func:`load_policy`, which raises :class:`PolicyError`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     version: int = Field(0, ge=0)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -178,7 +178,7 @@ class Policy(NumbersNotBooleans):
     pattern_rates: dict[str, Rate] = Field(default_factory=dict)
     family_rates: dict[str, Rate] = Field(default_factory=dict)
     keep_first_n: int = Field(2, ge=0)
-    window: Duration = Field(60.0, gt=0)
+    window: Duration = Field(60.0, ge=1.0)
     max_per_window: int | None = Field(None, ge=1)
     anomaly_boost: float = Field(10.0, ge=1.0)
     always_keep: tuple[KeepRule, ...] = ()

@@ -94,7 +94,7 @@ class PolicyApi:
     def _denied(self, request: web.Request, write: bool) -> web.Response | None:
         if not write and not self.reads_need_token:
             return None
-        token = os.environ.get(self.token_env, "")
+        token = os.environ.get(self.token_env, "").strip()  # a secret file's final newline
         if not token:
             return error(403, f"the policy API needs a token: set the environment variable "
                               f"{self.token_env} (required on POST, and on every route when "

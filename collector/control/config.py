@@ -59,7 +59,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from collector.config import ByteSize, Duration, StrictModel
+from collector.config import ByteSize, Duration, HttpUrl, StrictModel
 
 AnomalyKind = Literal["new", "spike", "error_surge"]
 
@@ -68,7 +68,7 @@ class LlmConfig(StrictModel):
     """``llm:``: an OpenAI-compatible chat completions endpoint."""
 
     enabled: bool = True
-    base_url: str | None = None
+    base_url: HttpUrl | None = None
     model: str = "gpt-4o-mini"
     api_key: str | None = None
     timeout: Duration = Field(30.0, gt=0)

@@ -48,6 +48,7 @@ def resolve_api_key(cfg: ControlConfig) -> str:
     """The LLM API key: ``llm.api_key`` when set (``""`` = none), else env OPENAI_API_KEY."""
     key = cfg.llm.api_key if cfg.llm.api_key is not None else os.environ.get(
         "OPENAI_API_KEY", "")
+    key = key.strip()  # a secret file's final newline would fail every call
     register_secret(key)
     return key
 

@@ -149,7 +149,7 @@ def test_unset_env_without_default_is_a_warning(example: Path) -> None:
 @pytest.mark.parametrize("path", sorted((REPO / "config").glob("**/*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path: Path) -> None:
-    load_config(path, environ={})
+    load_config(path, environ={"LIPSERVICE_REDIS_URL": "redis://127.0.0.1:6379/0"})
 
 
 def test_redis_backend_settings_and_its_need_for_the_control_extension(tmp_path: Path) -> None:
@@ -159,15 +159,26 @@ def test_redis_backend_settings_and_its_need_for_the_control_extension(tmp_path:
     assert (cfg.storage.redis.lease_ttl, cfg.storage.redis.stats_window) == (15.0, 60.0)
     with pytest.raises(ConfigError) as err:
         load_config(REPO / "config" / "examples" / "gateway-redis.yaml",
-                    sets=["service.extensions=[]"], environ={})
+                    sets=["service.extensions=[]"],
+                    environ={"LIPSERVICE_REDIS_URL": "redis://redis:6379/0"})
     assert "storage.backend: `redis` shares the control extension's policies" in str(err.value)
+    # validate fails where run would: no URL for the redis backend (fresh-user trial)
+    with pytest.raises(ConfigError, match="backend redis needs storage.redis_url"):
+        load_config(REPO / "config" / "examples" / "gateway-redis.yaml", environ={})
 
 
-def test_a_bad_redis_url_is_named_without_its_password() -> None:
+@pytest.mark.parametrize("url, message", [
+    ("http://:hunter2-secret@redis:6379", "must start with redis://, rediss:// or unix://"),
+    ("hunter2-secret", "got scheme none"),
+    ("redis://:hunter2-secret@127.0.0.1:notaport/0", "port that is not a number"),
+    ("redis://:hunter2-secret@127.0.0.1:99999/0", "port that is not a number"),
+    ("rediss://:hunter2-secret@[::1", "a malformed address"),
+])
+def test_a_bad_redis_url_is_named_without_its_password(url: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(REPO / "config" / "examples" / "gateway-redis.yaml",
-                    environ={"LIPSERVICE_REDIS_URL": "http://:hunter2-secret@redis:6379"})
-    assert "storage.redis_url: must start with redis://, rediss:// or unix://" in str(err.value)
+                    environ={"LIPSERVICE_REDIS_URL": url})
+    assert "storage.redis_url: " in str(err.value) and message in str(err.value)
     assert "hunter2-secret" not in str(err.value)
 
 
@@ -246,3 +257,66 @@ def test_receiver_limits_that_cannot_work_are_refused(example: Path, key: str, v
     # of 0 refused every request.
     with pytest.raises(ConfigError, match=message):
         load_config(example, sets=[f"{key}={value}"], environ={"POSTHOG_API_KEY": "k"})
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/v1/logs", "http://h:abc/v1/logs",
+                                 "http://[::1/v1/logs", "http://h//i/v1/logs"])
+def test_otlphttp_urls_that_cannot_be_sent_to_are_refused(example: Path, url: str) -> None:
+    # validate said ok, then every export was retried as a transient error (second trial)
+    with pytest.raises(ConfigError, match=r"logs_endpoint: "):
+        load_config(example, sets=[f"exporters.otlphttp.logs_endpoint={url}"],
+                    environ={"POSTHOG_API_KEY": "k"})
+
+
+def grpc_exporter(example: Path, *sets: str):
+    return load_config(example, sets=["exporters.otlp.endpoint=127.0.0.1:4317", *sets],
+                       environ={"POSTHOG_API_KEY": "k"}).exporters["otlp"]
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:4317", "http://collector:4317",
+                                      "https://collector.example:443/", "[::1]:4317"])
+def test_otlp_endpoints_that_grpc_can_dial_load(example: Path, endpoint: str) -> None:
+    assert grpc_exporter(example, f"exporters.otlp.endpoint={endpoint}").endpoint == endpoint
+
+
+@pytest.mark.parametrize("endpoint", ["ftp://127.0.0.1:9998", "127.0.0.1", "127.0.0.1:99999",
+                                      "http://127.0.0.1:9998/path", "127.0.0.1:0", ":4317",
+                                      "http://user:pw-SECRET@127.0.0.1:9998"])
+def test_otlp_endpoints_grpc_cannot_dial_are_refused(example: Path, endpoint: str) -> None:
+    with pytest.raises(ConfigError, match=r"exporters\.otlp\.endpoint: ") as err:
+        grpc_exporter(example, f"exporters.otlp.endpoint={endpoint}")
+    assert "pw-SECRET" not in str(err.value)
+
+
+@pytest.mark.parametrize("header", ["x-key-bin=v", "grpc-timeout=1S", "authorization=a\tb",
+                                    "authorization=secretÉ"])
+def test_grpc_metadata_grpc_would_refuse_at_export_is_refused(example: Path,
+                                                              header: str) -> None:
+    name, value = header.split("=", 1)
+    with pytest.raises(ConfigError, match=r"exporters\.otlp\.headers: ") as err:
+        grpc_exporter(example, f"exporters::otlp::headers::{name}={value}")
+    assert value not in str(err.value)
+
+
+def test_headers_the_http_exporter_sets_itself_are_refused(example: Path) -> None:
+    # Content-Length: 5 truncated every request body (second trial).
+    with pytest.raises(ConfigError, match="header 'Content-Length' is set by the exporter"):
+        load_config(example, sets=["exporters::otlphttp::headers::Content-Length=five"],
+                    environ={"POSTHOG_API_KEY": "k"})
+
+
+@pytest.mark.parametrize("key", ["receivers.otlp.protocols.http.endpoint",
+                                 "receivers.otlp.protocols.grpc.endpoint",
+                                 "service.telemetry.metrics.address"])
+def test_listen_endpoints_with_a_scheme_are_refused(example: Path, key: str) -> None:
+    with pytest.raises(ConfigError, match="without a scheme"):
+        load_config(example, sets=[f"{key}=http://127.0.0.1:14318"],
+                    environ={"POSTHOG_API_KEY": "k"})
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:9995/v1", "ftp://127.0.0.1:9995/v1"])
+def test_llm_base_url_must_be_an_http_url(example: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match=r"base_url: expected an http:// or https:// URL"):
+        load_config(example, sets=["service.extensions=[control]",
+                                   f"extensions.control.llm.base_url={url}"],
+                    environ={"POSTHOG_API_KEY": "k"})

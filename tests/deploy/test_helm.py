@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -94,10 +95,14 @@ def config_text(docs: list[Manifest], name: str) -> str:
 
 
 def lipservice_validate(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``lipservice validate`` of a rendered config, with the environment the pod gets
+    from its secret (the Redis URL; validate refuses the redis backend without one)."""
     path = tmp_path / "rendered-config.yaml"
     path.write_text(text, encoding="utf-8")
+    env = {**os.environ, "LIPSERVICE_REDIS_URL": "redis://:pw@redis:6379/0"}
     return subprocess.run([sys.executable, "-m", "collector", "validate", "-c", str(path)],
-                          capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+                          capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
+                          env=env)
 
 
 def assert_hardened_lipservice_container(c: Manifest) -> None:

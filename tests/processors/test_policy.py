@@ -102,6 +102,20 @@ def test_a_boolean_is_not_a_rate_or_a_count(doc, path):
     assert f"{path}: expected a number, not a boolean" in info.value.problems
 
 
+@pytest.mark.parametrize("doc, path", [
+    ({"window": 1e-300}, "window"),  # every batch then failed with OverflowError (trial)
+    ({"window": 0.5}, "window"),
+    ({"anomaly_boost": float("inf")}, "anomaly_boost"),
+    ({"window": float("inf")}, "window"),
+    ({"global_rate": float("nan")}, "global_rate"),
+])
+def test_windows_under_a_second_and_infinite_numbers_are_refused(doc, path):
+    # An infinite value also made GET /api/v1/policies answer non-JSON ("Infinity").
+    with pytest.raises(PolicyError) as info:
+        load_policy(doc)
+    assert any(p.startswith(f"{path}:") for p in info.value.problems), info.value.problems
+
+
 def test_not_json_and_not_an_object():
     with pytest.raises(PolicyError, match="not JSON"):
         load_policy("{nope")

@@ -129,6 +129,9 @@ async def test_post_needs_the_token(api, monkeypatch):
     status, body = await api.call("POST", path, json={"global_rate": 0.2}, headers=AUTH)
     assert status == 403 and TOKEN_ENV in body["error"]["message"]
     assert api.sampler.policy(SVC).generated_by == "default"  # nothing was applied
+    monkeypatch.setenv(TOKEN_ENV, TOKEN + "\n")  # a secret file's final newline
+    status, _ = await api.call("POST", path, json={"global_rate": 0.2}, headers=AUTH)
+    assert status == 200
 
 
 async def test_operator_override_goes_through_validation_and_guardrails(api, caplog):

@@ -12,7 +12,7 @@ import yaml
 
 from collector.config import ConfigError, load_config
 from collector.control.config import ControlConfig
-from collector.control.extension import ControlExtension, build_control
+from collector.control.extension import ControlExtension, build_control, resolve_api_key
 from collector.pipeline import Pipeline
 from collector.state import StateStore
 from tests.collector.control.conftest import metric
@@ -45,6 +45,12 @@ def test_the_extension_config_loads_like_a_collector_extension(tmp_path):
     assert control.interval == 3600 and control.target_kept_bytes_per_day == 20 * 10**9
     assert control.llm.api_key == "sk-abc" and control.llm.model == "llama3.1"
     assert cfg.service.extensions == ["control"]
+
+
+def test_the_api_key_loses_a_secret_files_final_newline(monkeypatch):
+    # "sk-…\n" from a Kubernetes secret made every call fail as "cannot connect" (trial).
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-abc\n")
+    assert resolve_api_key(ControlConfig()) == "sk-abc"
 
 
 @pytest.mark.parametrize(("change", "problem"), [
