@@ -290,18 +290,26 @@ def _check_records(tree: dict[str, Any]) -> None:
                     v = rec.get(key)
                     if v is not None and not _is_severity_number(v):
                         raise DecodeError(
-                            f"invalid OTLP JSON: {where}.{key}: expected an integer "
-                            f"(1-24; 17 = ERROR) or a name such as \"SEVERITY_NUMBER_ERROR\", "
-                            f"got {_short(v)}")
+                            f"invalid OTLP JSON: {where}.{key}: expected a severity number "
+                            f"(an integer: 1-24 are defined, 17 = ERROR) or a name such as "
+                            f"\"SEVERITY_NUMBER_ERROR\", got {_short(v)}")
 
 
 def _is_severity_number(v: Any) -> bool:
-    if type(v) is int or (type(v) is float and v.is_integer()):  # 1e1: proto3 JSON allows
-        return True
+    """A SeverityNumber name, or an integer (a number, 1e1, or a decimal string) that fits
+    the enum's int32; json_format would wrap larger ones (4294967313 → 17, an ERROR)."""
     if isinstance(v, str):
+        if v in _SEVERITY_NAMES:
+            return True
         digits = v[1:] if v[:1] == "-" else v
-        return v in _SEVERITY_NAMES or (digits.isascii() and digits.isdigit())
-    return False
+        if not (digits.isascii() and digits.isdigit() and len(digits) < 12):
+            return False
+        v = int(v)
+    elif type(v) is float and v.is_integer() and abs(v) < 2**32:  # 1e1: proto3 JSON allows
+        v = int(v)
+    if type(v) is not int:
+        return False
+    return -(2**31) <= v < 2**31
 
 
 def _seq(d: Any, camel: str, snake: str) -> list[Any]:

@@ -48,11 +48,15 @@ class _LogsOnly(grpc.GenericRpcHandler):
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method = details.method
 
+        if method.startswith(f"/{SERVICE}/"):  # a typo of Export
+            why = f"{method}: {SERVICE} has one method, Export"
+        else:
+            why = (f"{method}: this sidecar receives OTLP logs only ({SERVICE}/Export). Point "
+                   "only the logs exporter here (OTEL_EXPORTER_OTLP_LOGS_ENDPOINT), or turn "
+                   "the others off (OTEL_TRACES_EXPORTER=none, OTEL_METRICS_EXPORTER=none).")
+
         async def unimplemented(_request: bytes, context: aio.ServicerContext) -> bytes:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, (
-                f"{method}: this sidecar receives OTLP logs only ({SERVICE}/Export). Point "
-                "only the logs exporter here (OTEL_EXPORTER_OTLP_LOGS_ENDPOINT), or turn the "
-                "others off (OTEL_TRACES_EXPORTER=none, OTEL_METRICS_EXPORTER=none)."))
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, why)
             return b""  # not reached: abort raises
 
         return grpc.unary_unary_rpc_method_handler(unimplemented)

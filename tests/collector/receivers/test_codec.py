@@ -169,12 +169,13 @@ def severity_json(value: str) -> str:
             '{"severityNumber":' + value + ',"body":{"stringValue":"disk full"}}]}]}]}')
 
 
-@pytest.mark.parametrize("value", ['"lots"', '"ERROR"', "1.5", "true", "[17]", '"17x"'])
+@pytest.mark.parametrize("value", ['"lots"', '"ERROR"', "1.5", "true", "[17]", '"17x"',
+                                   "4294967313", '"9007199254740993"', "2147483648"])
 def test_json_severity_number_that_is_no_severity_is_an_error_naming_the_record(value):
     # json_format alone takes 1.5 and true as 1 and, ignoring unknown fields, "lots" as 0:
     # an ERROR sent that way would silently lose its "always kept" (issue 9 trial).
     with pytest.raises(codec.DecodeError, match=r"logRecords\[1\]\.severityNumber: expected "
-                                                r"an integer .* or a name such as"):
+                                                r"a severity number .* or a name such as"):
         codec.decode_json(severity_json(value))
 
 

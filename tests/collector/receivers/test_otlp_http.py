@@ -176,7 +176,7 @@ BAD_REQUESTS = {
                      JSON, {}, 400, "traceId"),
     "unknown severity name": (b'{"resourceLogs":[{"scopeLogs":[{"logRecords":['
                               b'{"severityNumber":"FATALISH"}]}]}]}', JSON, {}, 400,
-                              "severityNumber: expected an integer"),
+                              "severityNumber: expected a severity number"),
     "invalid UTF-8 in protobuf": (invalid_utf8_protobuf(), PROTO, {}, 400, "UTF-8"),
     "invalid UTF-8 JSON": (b'{"a": "\xff"}', JSON, {}, 400, "UTF-8"),
     "deep nesting protobuf": (deep_request_bytes(300), PROTO, {}, 400, "nested deeper"),
