@@ -773,6 +773,7 @@ def load_config_tree(tree: Any, source: str = "") -> Config:
         if isinstance(cfg, OtlpHttpExporterConfig) and not (cfg.endpoint or cfg.logs_endpoint):
             problems.append(f"exporters.{key}: needs `endpoint` or `logs_endpoint`")
     problems.extend(_shared_queue_files(typed["exporters"], raw.storage.directory))
+    problems.extend(_shared_ports(raw.service, logs.receivers, typed["receivers"]))
     if problems:
         raise ConfigError(problems, source)
     return Config(
@@ -784,6 +785,31 @@ def load_config_tree(tree: Any, source: str = "") -> Config:
         extensions=typed["extensions"],
         source=source,
     )
+
+
+def _shared_ports(service: ServiceConfig, names: list[str],
+                  receivers: dict[str, StrictModel]) -> list[str]:
+    """Problems for two listeners (receivers of the pipeline, telemetry) on one port of one
+    address (``0.0.0.0`` and ``::`` overlap every address): ``run`` would fail to bind."""
+    listeners = [("service.telemetry.metrics.address", service.telemetry.metrics.address)]
+    for name in names:
+        cfg = receivers.get(name)
+        if isinstance(cfg, OtlpReceiverConfig):
+            for proto in ("grpc", "http"):
+                server = getattr(cfg.protocols, proto)
+                if server is not None:
+                    listeners.append((f"receivers.{name}.protocols.{proto}.endpoint",
+                                      server.endpoint))
+    problems, seen = [], []
+    for key, endpoint in listeners:
+        host, port = split_host_port(endpoint)
+        for other_key, other_host, other_port in seen:
+            if port and port == other_port and (host == other_host or {host, other_host}
+                                                & {"0.0.0.0", "::"}):
+                problems.append(f"{key}: {endpoint} is also {other_key}; one port, one "
+                                f"listener")
+        seen.append((key, host, port))
+    return problems
 
 
 def _shared_queue_files(exporters: dict[str, StrictModel], directory: str) -> list[str]:

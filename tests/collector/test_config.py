@@ -320,3 +320,20 @@ def test_llm_base_url_must_be_an_http_url(example: Path, url: str) -> None:
         load_config(example, sets=["service.extensions=[control]",
                                    f"extensions.control.llm.base_url={url}"],
                     environ={"POSTHOG_API_KEY": "k"})
+
+
+@pytest.mark.parametrize("sets", [
+    ["receivers.otlp.protocols.grpc.endpoint=127.0.0.1:4318"],
+    ["service.telemetry.metrics.address=0.0.0.0:4317"],
+])
+def test_two_listeners_on_one_port_are_refused(example: Path, sets: list[str]) -> None:
+    # validate said ok; run failed with 'Address already in use' (second trial)
+    with pytest.raises(ConfigError, match="one port, one listener"):
+        load_config(example, sets=sets, environ={"POSTHOG_API_KEY": "k"})
+
+
+def test_listeners_on_other_ports_or_port_zero_load(example: Path) -> None:
+    load_config(example, sets=["receivers.otlp.protocols.grpc.endpoint=127.0.0.1:0",
+                               "receivers.otlp.protocols.http.endpoint=127.0.0.1:0",
+                               "service.telemetry.metrics.address=127.0.0.2:4318"],
+                environ={"POSTHOG_API_KEY": "k"})
