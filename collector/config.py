@@ -139,7 +139,7 @@ def _clean_headers(headers: dict[str, str]) -> dict[str, str]:
     return out
 
 
-_HTTP_OWN = frozenset({"content-length", "content-type", "content-encoding", "host",
+_HTTP_OWN = frozenset({"content-length", "content-type", "content-encoding", "user-agent",
                        "transfer-encoding", "connection"})
 
 
@@ -151,10 +151,18 @@ def _http_headers(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
+_GRPC_KEY = re.compile(r"^[0-9a-z_.\-]+$")
+
+
 def _grpc_metadata(headers: dict[str, str]) -> dict[str, str]:
-    """gRPC metadata: printable ASCII values; no ``-bin`` (binary) or reserved keys."""
+    """gRPC metadata: keys of ``0-9 a-z - _ .`` (any case: they are sent lowercased),
+    printable ASCII values; no ``-bin`` (binary) or reserved keys."""
     for name, value in headers.items():
         key = name.lower()
+        if not _GRPC_KEY.match(key):
+            raise PydanticCustomError(SECRET_VALUE_ERROR, "header {name}: gRPC metadata keys "
+                                      "hold only letters, digits, '-', '_' and '.'",
+                                      {"name": repr(name)})
         if key.endswith("-bin") or key.startswith("grpc-") or key in ("te", "content-type",
                                                                       "user-agent"):
             raise PydanticCustomError(SECRET_VALUE_ERROR, "header {name} cannot be set as "
@@ -167,40 +175,74 @@ def _grpc_metadata(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
-Headers = Annotated[dict[str, str], AfterValidator(_clean_headers),
-                    AfterValidator(_http_headers)]
+def _numbers_as_text(headers: Any) -> Any:
+    """``X-Scope-OrgID: 1`` (YAML reads a number) is sent as the text ``1``."""
+    if isinstance(headers, dict):
+        return {k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                for k, v in headers.items()}
+    return headers
+
+
+Headers = Annotated[dict[str, str], BeforeValidator(_numbers_as_text),
+                    AfterValidator(_clean_headers), AfterValidator(_http_headers)]
 """HTTP headers (name → value), values stripped and checked (_clean_headers)."""
 
-GrpcHeaders = Annotated[dict[str, str], AfterValidator(_clean_headers),
-                        AfterValidator(_grpc_metadata)]
+GrpcHeaders = Annotated[dict[str, str], BeforeValidator(_numbers_as_text),
+                        AfterValidator(_clean_headers), AfterValidator(_grpc_metadata)]
 """gRPC metadata (name → value), checked as headers and as gRPC requires."""
 
 
+_GRPC_NAME_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+
+
 def _check_grpc_target(endpoint: str) -> str:
-    """The otlp exporter's ``host:port`` or ``http(s)://host:port`` (no path, no
-    user:password@: gRPC has no place for them)."""
-    rest = endpoint
-    for scheme in ("http://", "https://"):
-        if endpoint.lower().startswith(scheme):
-            rest = endpoint[len(scheme):].rstrip("/")
-    if "://" in rest or "/" in rest or "@" in rest:
-        raise PydanticCustomError(SECRET_VALUE_ERROR, "expected host:port, http://host:port "
-                                  "or https://host:port (no path, no user:password@)")
-    try:
-        _, port = split_host_port(rest)
-    except ValueError as err:
-        raise PydanticCustomError(SECRET_VALUE_ERROR, "{err}", {"err": str(err)}) from None
-    if not rest.rpartition(":")[0] or port == 0:
-        raise PydanticCustomError(SECRET_VALUE_ERROR, "expected host:port with a host and a "
-                                  "port from 1 to 65535")
+    """The otlp exporter's target: ``host:port``, ``http://host[:port]`` (plaintext),
+    ``https://host[:port]`` (TLS; no port = gRPC's default), or a gRPC name
+    (``dns:///host:port``, ``unix:///path``) passed on as given. No path and no
+    user:password@ (gRPC has no place for them)."""
+    endpoint = endpoint.strip()
+    if endpoint.startswith(_GRPC_NAME_SCHEMES):
+        return endpoint
+    rest, with_scheme = endpoint, False
+    for scheme in ("http://", "https://"):  # as collector/exporters/otlp.py parse_target
+        if endpoint.startswith(scheme):
+            rest, with_scheme = endpoint[len(scheme):].rstrip("/"), True
+    problem = None
+    if "://" in rest or "/" in rest or "@" in rest or not rest:
+        problem = ("expected host:port, http(s)://host[:port] or a gRPC name such as "
+                   "dns:///host:port (no path, no user:password@; schemes in lower case)")
+    else:
+        host, sep, port = rest.rpartition(":")
+        if with_scheme and (not sep or "]" in port):  # no port: gRPC's default
+            host, port = rest, ""
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not bare or (":" in bare and not host.startswith("[")):
+            problem = "expected a host (IPv6 addresses in brackets: [::1]:4317)"
+        elif (port or not with_scheme) and not (port.isdigit() and 1 <= int(port) <= 65535):
+            problem = "expected a port from 1 to 65535 after the host"
+    if problem is not None:
+        raise PydanticCustomError(SECRET_VALUE_ERROR, problem)
     return endpoint
 
 
+def _shown_url(url: str) -> str:
+    """A URL for an error message: without ``user:password@``, query or fragment (either
+    may hold a credential)."""
+    url = re.split(r"[?#]", url, maxsplit=1)[0]
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}"
+
+
 def _check_http_url(url: str | None) -> str | None:
-    """An http(s) URL with a host and a valid port, as the exporters need; the message
-    shows the value without any ``user:password@``."""
-    if url is None:
-        return url
+    """An http(s) URL with a host and a valid port, as the exporters need; surrounding
+    whitespace is removed (a secret file's final newline) and ``""`` means unset (an
+    ``${env:X:-}`` left empty). Messages show the URL without credentials (_shown_url)."""
+    if url is None or not url.strip():
+        return None
+    url = url.strip()
     problem = None
     try:
         parts = urlsplit(url)
@@ -209,18 +251,19 @@ def _check_http_url(url: str | None) -> str | None:
             problem = "expected an http:// or https:// URL with a host"
         elif "//" in parts.path:
             problem = "the path holds '//' (a base URL that ends in '/', such as POSTHOG_HOST?)"
+        elif not url.isprintable() or " " in url:
+            problem = "the URL holds a space or a control character"
     except ValueError as err:
         problem = f"not a valid URL ({err})"
     if problem is not None:
-        shown = re.sub(r"^([^/]*://)?[^/@]*@", r"\1", url)
         raise PydanticCustomError(SECRET_VALUE_ERROR, "{problem}, such as "
                                   "https://host:port/path (got {shown})",
-                                  {"problem": problem, "shown": repr(shown)[:200]})
+                                  {"problem": problem, "shown": repr(_shown_url(url))[:200]})
     return url
 
 
-HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
-"""An ``http://`` or ``https://`` URL with a host (_check_http_url)."""
+HttpUrl = Annotated[str | None, AfterValidator(_check_http_url)]
+"""An ``http://`` or ``https://`` URL with a host (_check_http_url); ``""`` is None."""
 
 
 def split_host_port(endpoint: str) -> tuple[str, int]:
@@ -466,6 +509,7 @@ class FileExporterConfig(StrictModel):
 
     path: str
     flush_interval: Duration = 1.0
+    retry_on_failure: RetryConfig = Field(default_factory=RetryConfig)
     sending_queue: SendingQueueConfig = Field(default_factory=SendingQueueConfig)
 
 
@@ -659,7 +703,8 @@ def expand_env(value: Any, environ: dict[str, str] | None = None,
 def apply_set(tree: dict[str, Any], assignment: str) -> None:
     """Apply one ``--set key.path=value`` in place. Raises ConfigError if malformed."""
     if "=" not in assignment:
-        raise ConfigError([f"--set {assignment!r}: expected key.path=value"])
+        raise ConfigError(["--set: expected key.path=value, got an argument without '=' "
+                           "(not shown: it may hold a secret)"])
     path, raw = assignment.split("=", 1)
     keys = path.split("::") if "::" in path else path.split(".")
     if not all(keys):  # the path only: the value may be a secret
@@ -694,7 +739,8 @@ def _fmt_loc(prefix: Iterable[str], loc: Iterable[Any]) -> str:
 
 
 # Settings whose values may be secrets: their errors never echo the value given.
-SECRET_KEYS = frozenset({"headers", "redis_url", "api_key"})
+SECRET_KEYS = frozenset({"headers", "redis_url", "api_key", "endpoint", "logs_endpoint",
+                         "base_url"})
 
 
 def _problems(err: ValidationError, prefix: list[str]) -> list[str]:
@@ -800,16 +846,25 @@ def _shared_ports(service: ServiceConfig, names: list[str],
                 if server is not None:
                     listeners.append((f"receivers.{name}.protocols.{proto}.endpoint",
                                       server.endpoint))
-    problems, seen = [], []
+    problems: list[str] = []
+    seen: list[tuple[str, str, int]] = []
     for key, endpoint in listeners:
         host, port = split_host_port(endpoint)
-        for other_key, other_host, other_port in seen:
-            if port and port == other_port and (host == other_host or {host, other_host}
-                                                & {"0.0.0.0", "::"}):
+        host = {"localhost": "127.0.0.1", "ip6-localhost": "::1"}.get(host.lower(), host)
+        for other_key, other, other_port in seen:
+            if port and port == other_port and _overlap(host, other):
                 problems.append(f"{key}: {endpoint} is also {other_key}; one port, one "
                                 f"listener")
         seen.append((key, host, port))
     return problems
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Do listeners on these two addresses (same port) collide? 0.0.0.0 takes every IPv4
+    address (and, for gRPC, IPv6 too); :: takes every IPv6 address."""
+    if a == b or "0.0.0.0" in (a, b):
+        return True
+    return "::" in (a, b) and ":" in a and ":" in b
 
 
 def _shared_queue_files(exporters: dict[str, StrictModel], directory: str) -> list[str]:

@@ -6,6 +6,7 @@ the OpenTelemetry Collector's file exporter writes, so its output can be read ba
 |------------------|----------|-------------------------------------------------------------|
 | path             | —        | output file, appended to; parent directories are created    |
 | flush_interval   | 1s       | accepted (the Collector's setting); lines are written at once |
+| retry_on_failure |          | a write error (disk full) is retried (``collector/queue.py``) |
 | sending_queue    |          | handled by ``collector/queue.py``                           |
 
 Each export is written to the file (one unbuffered ``write``) before it counts as sent, so

@@ -313,10 +313,16 @@ def _is_severity_number(v: Any) -> bool:
 
 
 def _seq(d: Any, camel: str, snake: str) -> list[Any]:
+    """The list under either spelling (both, when a body holds both: json_format reads
+    both, so both are checked)."""
     if not isinstance(d, dict):
         return []
-    v = d.get(camel, d.get(snake))
-    return v if isinstance(v, list) else []
+    out: list[Any] = []
+    for key in (camel, snake):
+        v = d.get(key)
+        if isinstance(v, list):
+            out.extend(v)
+    return out
 
 
 def _hex_id(v: Any, size: int) -> bytes | None:

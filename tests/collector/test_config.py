@@ -337,3 +337,71 @@ def test_listeners_on_other_ports_or_port_zero_load(example: Path) -> None:
                                "receivers.otlp.protocols.http.endpoint=127.0.0.1:0",
                                "service.telemetry.metrics.address=127.0.0.2:4318"],
                 environ={"POSTHOG_API_KEY": "k"})
+
+
+# ---- from the third fresh-user trial: valid settings must still load (no false refusals)
+
+@pytest.mark.parametrize("endpoint", ["https://api.honeycomb.io", "http://127.0.0.1",
+                                      "dns:///127.0.0.1:24317", "unix:///tmp/otlp.sock",
+                                      "https://[::1]", "collector-0.otel.svc:4317"])
+def test_grpc_targets_grpc_accepts_load(example: Path, endpoint: str) -> None:
+    assert grpc_exporter(example, f"exporters.otlp.endpoint={endpoint}").endpoint == endpoint
+
+
+@pytest.mark.parametrize("endpoint", ["HTTP://127.0.0.1:24317", "::1:24317"])
+def test_grpc_targets_the_exporter_would_misread_are_refused(example: Path,
+                                                            endpoint: str) -> None:
+    with pytest.raises(ConfigError, match=r"exporters\.otlp\.endpoint: "):
+        grpc_exporter(example, f"exporters.otlp.endpoint={endpoint}")
+
+
+def test_an_empty_optional_url_means_unset(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(ISSUE_EXAMPLE.replace(
+        "otlphttp: {endpoint: http://127.0.0.1:9999,",
+        "otlphttp: {endpoint: '${env:OTLP_BASE:-}', logs_endpoint: http://127.0.0.1:9/v1/logs,"))
+    cfg = load_config(p, environ={"POSTHOG_API_KEY": "k"})
+    assert cfg.exporters["otlphttp"].endpoint is None
+
+
+def test_urls_lose_a_final_newline_and_messages_lose_credentials(example: Path) -> None:
+    tree_set = ["exporters.otlphttp.logs_endpoint=http://127.0.0.1:9/v1/logs\n"]
+    cfg = load_config(example, sets=tree_set, environ={"POSTHOG_API_KEY": "k"})
+    assert cfg.exporters["otlphttp"].logs_endpoint == "http://127.0.0.1:9/v1/logs"
+    for url in ["https://us.i.posthog.com:99999/i/v1/logs?api_key=phc_SECRETQUERY",
+                "http://user:sec@ret@host:99999/"]:
+        with pytest.raises(ConfigError) as err:
+            load_config(example, sets=[f"exporters.otlphttp.logs_endpoint={url}"],
+                        environ={"POSTHOG_API_KEY": "k"})
+        assert "SECRETQUERY" not in str(err.value) and "sec@" not in str(err.value)
+    with pytest.raises(ConfigError) as err:  # a --set value YAML reads as a mapping
+        load_config(example, sets=["exporters.otlp.endpoint=https://user:hunter22@host: 443"],
+                    environ={"POSTHOG_API_KEY": "k"})
+    assert "hunter22" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(example, sets=["exporters.otlphttp.headers.Authorization:Bearer SECRET"])
+    assert "SECRET" not in str(err.value)
+
+
+def test_header_rules_follow_what_each_transport_can_send(example: Path) -> None:
+    cfg = load_config(example, sets=["exporters::otlphttp::headers::Host=otlp.example.com",
+                                     "exporters::otlphttp::headers::X-Scope-OrgID=1"],
+                      environ={"POSTHOG_API_KEY": "k"})
+    assert cfg.exporters["otlphttp"].headers["X-Scope-OrgID"] == "1"  # YAML's number, as text
+    assert cfg.exporters["otlphttp"].headers["Host"] == "otlp.example.com"
+    with pytest.raises(ConfigError, match="set by the exporter itself"):
+        load_config(example, sets=["exporters::otlphttp::headers::user-agent=me"],
+                    environ={"POSTHOG_API_KEY": "k"})
+    with pytest.raises(ConfigError, match="gRPC metadata keys hold only"):
+        grpc_exporter(example, "exporters::otlp::headers::x~y=v")
+    assert grpc_exporter(example, "exporters::otlp::headers::X-Scope-OrgID=7").headers == {
+        "X-Scope-OrgID": "7"}
+
+
+def test_port_clashes_follow_addresses(example: Path) -> None:
+    with pytest.raises(ConfigError, match="one port, one listener"):
+        load_config(example, sets=["receivers.otlp.protocols.grpc.endpoint=localhost:4318"],
+                    environ={"POSTHOG_API_KEY": "k"})
+    load_config(example, sets=["receivers.otlp.protocols.grpc.endpoint=127.0.0.1:4320",
+                               "receivers.otlp.protocols.http.endpoint=[::]:4320"],
+                environ={"POSTHOG_API_KEY": "k"})  # IPv4 and IPv6 sockets do not clash

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
 
 import pytest
 
-from collector.config import FileExporterConfig
+from collector.config import FileExporterConfig, load_config_tree
 from collector.exporters.base import ExportError
 from collector.exporters.file import FileExporter
+from collector.pipeline import Pipeline
 from collector.receivers import codec
 from tests.collector.wire_support import make_pipeline, make_request, metric, wait_for
 
@@ -69,6 +71,31 @@ async def test_a_full_disk_is_a_retryable_error_and_nothing_counts_as_sent():
     assert metric("otelcol_exporter_sent_log_records_total", exporter="file/full") == sent
     assert metric("otelcol_exporter_send_failed_log_records_total",
                   exporter="file/full") == failed + 3
+
+
+async def test_a_full_disk_is_retried_by_the_sidecar_not_dropped(tmp_path):
+    # With no retry policy a write error dropped the records at the first attempt, logged
+    # as "the backend refused them (not retryable)" (third fresh-user trial).
+    cfg = load_config_tree({
+        "receivers": {"otlp": {"protocols": {"http": {"endpoint": "127.0.0.1:0"}}}},
+        "exporters": {"file": {"path": "/dev/full",
+                               "retry_on_failure": {"initial_interval": "50ms"}}},
+        "service": {"telemetry": {"metrics": {"address": "127.0.0.1:0"}},
+                    "pipelines": {"logs": {"receivers": ["otlp"], "exporters": ["file"]}}},
+        "storage": {"directory": str(tmp_path)},
+    })
+    assert cfg.exporters["file"].retry_on_failure.enabled
+    pipeline = Pipeline.from_config(cfg)
+    await pipeline.start()
+    queue = pipeline.queues[0]
+    dropped = metric("lipservice_exporter_dropped_log_records_total", exporter="file",
+                     reason="permanent")
+    pipeline.consume(make_request(2))
+    await asyncio.sleep(0.5)  # several attempts at 50 ms backoff
+    assert queue.size == 2  # still held, being retried
+    assert metric("lipservice_exporter_dropped_log_records_total", exporter="file",
+                  reason="permanent") == dropped
+    await pipeline.shutdown(0.2)
 
 
 async def test_a_failed_write_leaves_no_partial_line(tmp_path, monkeypatch):

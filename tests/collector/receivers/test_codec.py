@@ -179,6 +179,18 @@ def test_json_severity_number_that_is_no_severity_is_an_error_naming_the_record(
         codec.decode_json(severity_json(value))
 
 
+def test_json_severity_number_is_checked_under_both_spellings_of_the_lists():
+    # camelCase empty, snake_case full: json_format reads both, so both are checked (trial 3:
+    # 4294967313 got through as 17, and the snake list's hex trace id was read as base64).
+    body = ('{"resourceLogs":[{"scopeLogs":[{"logRecords":[],"log_records":[{'
+            '"severityNumber":4294967313,"traceId":"0123456789abcdef0123456789abcdef"}]}]}]}')
+    with pytest.raises(codec.DecodeError, match="severityNumber: expected a severity number"):
+        codec.decode_json(body)
+    ok = body.replace("4294967313", "9")
+    rec = codec.decode_json(ok).resource_logs[0].scope_logs[0].log_records[0]
+    assert rec.trace_id == bytes.fromhex("0123456789abcdef0123456789abcdef")
+
+
 @pytest.mark.parametrize("value, number", [
     ("17", 17), ('"SEVERITY_NUMBER_ERROR"', 17), ('"21"', 21), ("1e1", 10), ("null", 0),
     ("999", 999),  # proto3 enums are open: unknown numbers pass (sampling clamps them)
