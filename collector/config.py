@@ -216,7 +216,9 @@ def _check_grpc_target(endpoint: str) -> str:
         if with_scheme and (not sep or "]" in port):  # no port: gRPC's default
             host, port = rest, ""
         bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if not bare or (":" in bare and not host.startswith("[")):
+        if not sep and not with_scheme:
+            problem = "expected host:port (the port is missing)"
+        elif not bare or (":" in bare and not host.startswith("[")):
             problem = "expected a host (IPv6 addresses in brackets: [::1]:4317)"
         elif (port or not with_scheme) and not (port.isdigit() and 1 <= int(port) <= 65535):
             problem = "expected a port from 1 to 65535 after the host"
