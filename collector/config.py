@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -175,20 +175,12 @@ def _grpc_metadata(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
-def _numbers_as_text(headers: Any) -> Any:
-    """``X-Scope-OrgID: 1`` (YAML reads a number) is sent as the text ``1``."""
-    if isinstance(headers, dict):
-        return {k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
-                for k, v in headers.items()}
-    return headers
-
-
-Headers = Annotated[dict[str, str], BeforeValidator(_numbers_as_text),
-                    AfterValidator(_clean_headers), AfterValidator(_http_headers)]
+Headers = Annotated[dict[str, str], AfterValidator(_clean_headers),
+                    AfterValidator(_http_headers)]
 """HTTP headers (name → value), values stripped and checked (_clean_headers)."""
 
-GrpcHeaders = Annotated[dict[str, str], BeforeValidator(_numbers_as_text),
-                        AfterValidator(_clean_headers), AfterValidator(_grpc_metadata)]
+GrpcHeaders = Annotated[dict[str, str], AfterValidator(_clean_headers),
+                        AfterValidator(_grpc_metadata)]
 """gRPC metadata (name → value), checked as headers and as gRPC requires."""
 
 
@@ -291,6 +283,9 @@ def _check_endpoint(value: str) -> str:
     if "://" in value:
         raise ValueError(f"endpoint {value!r}: expected host:port to listen on, without a "
                          f"scheme (such as 127.0.0.1:4318)")
+    if ":" in value.rpartition(":")[0] and not value.startswith("["):
+        raise ValueError(f"endpoint {value!r}: an IPv6 address goes in brackets "
+                         f"([::]:4317, [::1]:4317)")
     split_host_port(value)
     return value
 
@@ -489,7 +484,8 @@ class OtlpHttpExporterConfig(_ExporterCommon):
             return self.logs_endpoint
         if not self.endpoint:
             raise ValueError("otlphttp needs `endpoint` or `logs_endpoint`")
-        return self.endpoint.rstrip("/") + "/v1/logs"
+        parts = urlsplit(self.endpoint)  # /v1/logs goes on the path, before any ?query
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/v1/logs"))
 
 
 class TlsClientConfig(StrictModel):
@@ -839,7 +835,8 @@ def _shared_ports(service: ServiceConfig, names: list[str],
                   receivers: dict[str, StrictModel]) -> list[str]:
     """Problems for two listeners (receivers of the pipeline, telemetry) on one port of one
     address (``0.0.0.0`` and ``::`` overlap every address): ``run`` would fail to bind."""
-    listeners = [("service.telemetry.metrics.address", service.telemetry.metrics.address)]
+    listeners = [("service.telemetry.metrics.address", service.telemetry.metrics.address,
+                  "http")]
     for name in names:
         cfg = receivers.get(name)
         if isinstance(cfg, OtlpReceiverConfig):
@@ -847,26 +844,40 @@ def _shared_ports(service: ServiceConfig, names: list[str],
                 server = getattr(cfg.protocols, proto)
                 if server is not None:
                     listeners.append((f"receivers.{name}.protocols.{proto}.endpoint",
-                                      server.endpoint))
+                                      server.endpoint, proto))
     problems: list[str] = []
-    seen: list[tuple[str, str, int]] = []
-    for key, endpoint in listeners:
+    seen: list[tuple[str, set[str], int]] = []
+    for key, endpoint, kind in listeners:
         host, port = split_host_port(endpoint)
-        host = {"localhost": "127.0.0.1", "ip6-localhost": "::1"}.get(host.lower(), host)
+        bound = _bound_addresses(host, kind)
         for other_key, other, other_port in seen:
-            if port and port == other_port and _overlap(host, other):
+            if port and port == other_port and _overlap(bound, other):
                 problems.append(f"{key}: {endpoint} is also {other_key}; one port, one "
                                 f"listener")
-        seen.append((key, host, port))
+        seen.append((key, bound, port))
     return problems
 
 
-def _overlap(a: str, b: str) -> bool:
-    """Do listeners on these two addresses (same port) collide? 0.0.0.0 takes every IPv4
-    address (and, for gRPC, IPv6 too); :: takes every IPv6 address."""
-    if a == b or "0.0.0.0" in (a, b):
-        return True
-    return "::" in (a, b) and ":" in a and ":" in b
+def _bound_addresses(host: str, kind: str) -> set[str]:
+    """The addresses a server binds for ``host``: gRPC binds both families for a wildcard
+    or ``localhost``; the HTTP servers bind one socket per address (IPv6 ones V6ONLY)."""
+    host = host.lower()
+    if kind == "grpc" and host in ("0.0.0.0", "::"):
+        return {"0.0.0.0", "::"}
+    if host == "localhost":
+        return {"127.0.0.1", "::1"} if kind == "grpc" else {"127.0.0.1"}
+    return {host}
+
+
+def _overlap(a: set[str], b: set[str]) -> bool:
+    """Do two sets of bound addresses (same port) collide? 0.0.0.0 takes every IPv4
+    address, :: every IPv6 one."""
+    for x in a:
+        for y in b:
+            if x == y or (("0.0.0.0" in (x, y)) and ":" not in x + y) or (
+                    "::" in (x, y) and ":" in x and ":" in y):
+                return True
+    return False
 
 
 def _shared_queue_files(exporters: dict[str, StrictModel], directory: str) -> list[str]:

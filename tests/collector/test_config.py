@@ -385,17 +385,21 @@ def test_urls_lose_a_final_newline_and_messages_lose_credentials(example: Path) 
 
 def test_header_rules_follow_what_each_transport_can_send(example: Path) -> None:
     cfg = load_config(example, sets=["exporters::otlphttp::headers::Host=otlp.example.com",
-                                     "exporters::otlphttp::headers::X-Scope-OrgID=1"],
+                                     "exporters::otlphttp::headers::X-Scope-OrgID='0755'"],
                       environ={"POSTHOG_API_KEY": "k"})
-    assert cfg.exporters["otlphttp"].headers["X-Scope-OrgID"] == "1"  # YAML's number, as text
+    assert cfg.exporters["otlphttp"].headers["X-Scope-OrgID"] == "0755"
     assert cfg.exporters["otlphttp"].headers["Host"] == "otlp.example.com"
+    # unquoted, YAML 1.1 reads 0755 as 493: refused rather than sent changed (fourth trial)
+    with pytest.raises(ConfigError, match="X-Scope-OrgID: Input should be a valid string"):
+        load_config(example, sets=["exporters::otlphttp::headers::X-Scope-OrgID=0755"],
+                    environ={"POSTHOG_API_KEY": "k"})
     with pytest.raises(ConfigError, match="set by the exporter itself"):
         load_config(example, sets=["exporters::otlphttp::headers::user-agent=me"],
                     environ={"POSTHOG_API_KEY": "k"})
     with pytest.raises(ConfigError, match="gRPC metadata keys hold only"):
         grpc_exporter(example, "exporters::otlp::headers::x~y=v")
-    assert grpc_exporter(example, "exporters::otlp::headers::X-Scope-OrgID=7").headers == {
-        "X-Scope-OrgID": "7"}
+    assert grpc_exporter(example, "exporters::otlp::headers::X-Scope-OrgID=a7").headers == {
+        "X-Scope-OrgID": "a7"}
 
 
 def test_port_clashes_follow_addresses(example: Path) -> None:
@@ -405,3 +409,21 @@ def test_port_clashes_follow_addresses(example: Path) -> None:
     load_config(example, sets=["receivers.otlp.protocols.grpc.endpoint=127.0.0.1:4320",
                                "receivers.otlp.protocols.http.endpoint=[::]:4320"],
                 environ={"POSTHOG_API_KEY": "k"})  # IPv4 and IPv6 sockets do not clash
+    load_config(example, sets=["receivers.otlp.protocols.http.endpoint=[::]:4321",
+                               "service.telemetry.metrics.address=0.0.0.0:4321"],
+                environ={"POSTHOG_API_KEY": "k"})  # the HTTP servers' IPv6 sockets: V6ONLY
+    for grpc_at, http_at in [("[::]:4322", "127.0.0.1:4322"), ("localhost:4323", "[::1]:4323"),
+                             ("0.0.0.0:4324", "[::1]:4324")]:  # gRPC binds both families
+        with pytest.raises(ConfigError, match="one port, one listener"):
+            load_config(example, sets=[f"receivers.otlp.protocols.grpc.endpoint={grpc_at}",
+                                       f"receivers.otlp.protocols.http.endpoint={http_at}"],
+                        environ={"POSTHOG_API_KEY": "k"})
+    with pytest.raises(ConfigError, match="an IPv6 address goes in brackets"):
+        load_config(example, sets=["receivers.otlp.protocols.grpc.endpoint=::4317"],
+                    environ={"POSTHOG_API_KEY": "k"})
+
+
+def test_otlphttp_endpoint_query_stays_after_the_logs_path(example: Path) -> None:
+    cfg = load_config(example, sets=["exporters.otlphttp.endpoint=http://h:9/otlp/?tenant=a"],
+                      environ={"POSTHOG_API_KEY": "k"})
+    assert cfg.exporters["otlphttp"].url() == "http://h:9/otlp/v1/logs?tenant=a"
