@@ -603,6 +603,12 @@ class StorageConfig(StrictModel):
             raise PydanticCustomError(
                 SECRET_VALUE_ERROR, "must start with redis://, rediss:// or unix:// (got "
                 "scheme {scheme})", {"scheme": scheme})
+        rest = url.split("://", 1)[1]
+        end = min([rest.find(c) for c in "/?#" if c in rest], default=len(rest))
+        if "@" in rest[end:]:  # redis-py would take part of the password as the host
+            raise PydanticCustomError(
+                SECRET_VALUE_ERROR, "cannot be used: a '/', '?' or '#' in the user or "
+                "password must be percent-encoded (%2F, %3F, %23)")
         from redis.connection import parse_url
         try:
             parse_url(url)

@@ -167,12 +167,21 @@ def test_redis_backend_settings_and_its_need_for_the_control_extension(tmp_path:
         load_config(REPO / "config" / "examples" / "gateway-redis.yaml", environ={})
 
 
+def test_redis_urls_with_encoded_passwords_and_unix_sockets_load() -> None:
+    for url in ["redis://:p%23ss%2Fw%3Frd@127.0.0.1:6379/0", "unix://:pw@/run/redis.sock?db=1",
+                "rediss://user:pw@[::1]:6380/2"]:
+        cfg = load_config(REPO / "config" / "examples" / "gateway-redis.yaml",
+                          environ={"LIPSERVICE_REDIS_URL": url})
+        assert cfg.storage.redis_url == url
+
+
 @pytest.mark.parametrize("url, message", [
     ("http://:hunter2-secret@redis:6379", "must start with redis://, rediss:// or unix://"),
     ("hunter2-secret", "got scheme none"),
     ("redis://:hunter2-secret@127.0.0.1:notaport/0", "port that is not a number"),
     ("redis://:hunter2-secret@127.0.0.1:99999/0", "port that is not a number"),
     ("rediss://:hunter2-secret@[::1", "a malformed address"),
+    ("redis://:hunter2-secret#x/:?@127.0.0.1:16379/0", "must be percent-encoded"),
 ])
 def test_a_bad_redis_url_is_named_without_its_password(url: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
