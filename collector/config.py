@@ -204,36 +204,25 @@ def _check_grpc_target(endpoint: str) -> str:
         problem = ("expected host:port, http(s)://host[:port] or a gRPC name such as "
                    "dns:///host:port (no path, no user:password@; schemes in lower case)")
     else:
-        host, sep, port = rest.rpartition(":")
-        if with_scheme and (not sep or "]" in port):  # no port: gRPC's default
-            host, port = rest, ""
-        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if not sep and not with_scheme:
-            problem = "expected host:port (the port is missing)"
-        elif not bare or (":" in bare and not host.startswith("[")):
-            problem = "expected a host (IPv6 addresses in brackets: [::1]:4317)"
-        elif (port or not with_scheme) and not (port.isdigit() and 1 <= int(port) <= 65535):
-            problem = "expected a port from 1 to 65535 after the host"
+        if with_scheme and ":" not in rest.rpartition("]")[2]:
+            rest += ":1"  # no port after a scheme: gRPC's default; check the host alone
+        try:
+            _, port = split_host_port(rest)
+            if not rest.rpartition(":")[0].strip("[]"):
+                problem = "expected a host before the port"
+            elif port == 0:
+                problem = "expected a port from 1 to 65535 after the host"
+        except ValueError as err:
+            problem = str(err).split(": ", 1)[1]  # without the value: it is not echoed
     if problem is not None:
         raise PydanticCustomError(SECRET_VALUE_ERROR, problem)
     return endpoint
 
 
-def _shown_url(url: str) -> str:
-    """A URL for an error message: without ``user:password@``, query or fragment (either
-    may hold a credential)."""
-    url = re.split(r"[?#]", url, maxsplit=1)[0]
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    host, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}"
-
-
 def _check_http_url(url: str | None) -> str | None:
     """An http(s) URL with a host and a valid port, as the exporters need; surrounding
     whitespace is removed (a secret file's final newline) and ``""`` means unset (an
-    ``${env:X:-}`` left empty). Messages show the URL without credentials (_shown_url)."""
+    ``${env:X:-}`` left empty). Messages show the URL without credentials (safe_url)."""
     if url is None or not url.strip():
         return None
     url = url.strip()
@@ -250,9 +239,10 @@ def _check_http_url(url: str | None) -> str | None:
     except ValueError as err:
         problem = f"not a valid URL ({err})"
     if problem is not None:
+        from collector.exporters.redact import safe_url  # here: exporters import this module
         raise PydanticCustomError(SECRET_VALUE_ERROR, "{problem}, such as "
                                   "https://host:port/path (got {shown})",
-                                  {"problem": problem, "shown": repr(_shown_url(url))[:200]})
+                                  {"problem": problem, "shown": repr(safe_url(url))[:200]})
     return url
 
 
@@ -264,12 +254,15 @@ def split_host_port(endpoint: str) -> tuple[str, int]:
     """``"127.0.0.1:4318"`` → ("127.0.0.1", 4318); ``":4318"`` → ("0.0.0.0", 4318), as the
     Collector reads an empty host; ``"[::1]:4318"`` → ("::1", 4318). Port 0 asks the OS
     for a free port. Raises ValueError naming the endpoint when the port is missing, not a
-    number or out of range."""
+    number or out of range, or an IPv6 host is not in brackets."""
     host, sep, port = endpoint.strip().rpartition(":")
     if not sep:
         raise ValueError(f"endpoint {endpoint!r}: expected host:port")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"endpoint {endpoint!r}: an IPv6 address goes in brackets "
+                         f"([::]:4317, [::1]:4317)")
     try:
         port_no = int(port)
     except ValueError:
@@ -283,9 +276,6 @@ def _check_endpoint(value: str) -> str:
     if "://" in value:
         raise ValueError(f"endpoint {value!r}: expected host:port to listen on, without a "
                          f"scheme (such as 127.0.0.1:4318)")
-    if ":" in value.rpartition(":")[0] and not value.startswith("["):
-        raise ValueError(f"endpoint {value!r}: an IPv6 address goes in brackets "
-                         f"([::]:4317, [::1]:4317)")
     split_host_port(value)
     return value
 

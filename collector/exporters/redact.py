@@ -7,6 +7,7 @@ through :meth:`Redactor.clean` first.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "[REDACTED]"
@@ -42,8 +43,12 @@ class Redactor:
 
 
 def safe_url(url: str) -> str:
-    """``url`` without user info, query or fragment (which may carry credentials)."""
+    """``url`` without user info, query or fragment (which may carry credentials); an
+    unparsable one (a bad port, a broken IPv6 literal, no scheme) cut the same way as
+    text, so the message still shows what is wrong with it."""
     try:
+        if "://" not in url:  # no authority to parse ("user:pw@host/x" reads as a scheme)
+            raise ValueError(url)
         parts = urlsplit(url)
         host = parts.hostname or ""
         if ":" in host:
@@ -51,4 +56,7 @@ def safe_url(url: str) -> str:
         netloc = host + (f":{parts.port}" if parts.port else "")
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     except ValueError:
-        return "<invalid URL>"
+        url = re.split(r"[?#]", url, maxsplit=1)[0]
+        scheme, sep, rest = url.rpartition("://")
+        netloc, slash, path = rest.partition("/")
+        return f"{scheme}{sep}{netloc.rpartition('@')[2]}{slash}{path}"
