@@ -704,7 +704,10 @@ def apply_set(tree: dict[str, Any], assignment: str) -> None:
     if not all(keys):  # the path only: the value may be a secret
         raise ConfigError([f"--set {path}=…: empty key in path {path!r}"])
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        # a value with a line break stays text: YAML would fold it into a space, changing
+        # a secret silently instead of letting its validator refuse it
+        value = yaml.safe_load(raw) if raw != "" and not any(c in raw.strip() for c in
+                                                            "\r\n") else raw
     except yaml.YAMLError:
         value = raw
     node = tree

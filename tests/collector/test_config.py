@@ -239,6 +239,14 @@ def test_header_values_are_trimmed_and_control_characters_refused(example: Path)
                                               "character") as err:
             load_config(example, environ={"POSTHOG_API_KEY": bad})
         assert "phc" not in str(err.value)
+    for inner in ("abc\ndef-sekrit", "Bearer abc\rdef"):  # via --set: YAML folded the break
+        with pytest.raises(ConfigError, match="holds a control character") as err:
+            load_config(example, sets=[f"exporters.otlphttp.headers.Authorization={inner}"],
+                        environ={"POSTHOG_API_KEY": "k"})
+        assert "sekrit" not in str(err.value) and "abc" not in str(err.value)
+    cfg = load_config(example, sets=["exporters.otlphttp.headers.Authorization=sekrit\n"],
+                      environ={"POSTHOG_API_KEY": "k"})
+    assert cfg.exporters["otlphttp"].headers["Authorization"] == "sekrit"
     with pytest.raises(ConfigError, match="not a valid HTTP header name"):
         load_config(example, sets=["exporters::otlphttp::headers::X Bad=v"],
                     environ={"POSTHOG_API_KEY": "k"})
