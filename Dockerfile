@@ -18,6 +18,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# A C compiler for the optional extension processors._logscan (setup.py: the hot path's
+# reader of OTLP bytes, ~25 % less CPU per record). Build stage only: the runtime image gets
+# the compiled module inside the virtualenv, not the compiler.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/lipservice
 # The build context is an allow-list (.dockerignore): package sources, config, pins.
 COPY . .
@@ -25,6 +32,7 @@ COPY . .
 # compiled here, since the runtime filesystem is read-only.
 ARG EXTRAS=fast
 RUN /opt/lipservice/bin/pip install --no-cache-dir -c constraints.txt ".[${EXTRAS}]" \
+ && /opt/lipservice/bin/python -c "import processors._logscan" \
  && /opt/lipservice/bin/python -m compileall -q /opt/lipservice/lib
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -129,9 +129,11 @@ class Pipeline:
                         f"{q.size_bytes}/{q.capacity_bytes} bytes")
                 raise Refused(f"sending queue of exporter {q.name!r} is full ({what})", reason)
 
-    def process(self, request: ExportLogsServiceRequest) -> LogBatch:
-        """Run the processors over one request, in place; returns the batch."""
-        batch = LogBatch(request, self.clock(), defer_attributes=True)
+    def process(self, request: ExportLogsServiceRequest, raw: bytes | None = None) -> LogBatch:
+        """Run the processors over one request, in place; returns the batch. ``raw``: the
+        protobuf bytes the request was decoded from, when the caller has them (the batch
+        then reads the records' bodies and severities from them: LogBatch)."""
+        batch = LogBatch(request, self.clock(), defer_attributes=True, raw=raw)
         started = time.perf_counter()
         for i, (name, proc) in enumerate(self.processors):
             n = len(batch)
@@ -153,16 +155,18 @@ class Pipeline:
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
         return batch
 
-    def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None) -> int:
+    def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None,
+                raw: bytes | None = None) -> int:
         """Admit, process and enqueue one request. ``nbytes``: its serialized size when the
         caller knows it (the receiver's body length; computing it costs as much as
-        serializing). Returns the number of records accepted; raises Refused (nothing
+        serializing); ``raw``: the protobuf bytes it was decoded from, if any (see
+        process). Returns the number of records accepted; raises Refused (nothing
         accepted) when a limit is reached or a persistent queue cannot store it."""
         n = count_records(request)
         if nbytes is None:
             nbytes = request.ByteSize()
         self.admit(n, nbytes)
-        batch = self.process(request)
+        batch = self.process(request, raw)
         self.emit(batch, nbytes * len(batch) // n if n else 0)
         return n
 

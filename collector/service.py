@@ -34,6 +34,7 @@ from collector.persistent_queue import StorageError
 from collector.pipeline import Pipeline
 from collector.state import StateError, StateStore
 from collector.telemetry import TelemetryServer
+from processors.base import NATIVE_SCAN
 
 log = logging.getLogger("lipservice.service")
 
@@ -142,6 +143,11 @@ class Service:
 
     async def start(self) -> None:
         """Start everything; raises StartupError (after undoing what had started)."""
+        if not NATIVE_SCAN:
+            log.warning("the C extension processors._logscan is not built (no C compiler "
+                        "when lipservice was installed): records are read through upb, "
+                        "~25 %% more CPU per record; install gcc and reinstall to build it "
+                        "(docs/performance.md)")
         try:
             self.store = StateStore(self.config.storage.directory)
         except StateError as err:

@@ -36,6 +36,14 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from pydantic import BaseModel
 
+try:  # the optional C extension (setup.py); without it the columns are read from upb
+    from processors._logscan import columns as _scan_columns
+except ImportError:  # pragma: no cover - exercised by installs without a C compiler
+    _scan_columns = None
+
+NATIVE_SCAN = _scan_columns is not None
+"""True when the C reader of OTLP bytes (processors/_logscan.c) is built and in use."""
+
 UNKNOWN_SERVICE = "unknown_service"
 
 # Attribute names this product writes on records (DESIGN.md §Sampling semantics).
@@ -97,9 +105,15 @@ class LogBatch:
         pattern_ids: 16-hex pattern id per record ("" until the signature processor runs).
         templates: template text per record ("" until the signature processor runs).
         families: family id per record ("" until the clustering processor runs).
-        bodies: None, or (once a processor read them: the signature processor does) the
-            string body of each record, "" where the body is not a string; later
-            processors read it instead of the protobuf field (much cheaper in upb).
+        bodies: None, or the string body of each record, "" where the body is not a
+            string: read from ``raw`` when the batch is made with it, else by the first
+            processor that needs them (the signature processor); later processors read it
+            instead of the protobuf field (much cheaper than upb's ~0.5-0.7 us per read).
+        severity_numbers, severity_texts, trace_ids: None, or, when the batch was made
+            from ``raw`` bytes, each record's ``severity_number`` (int), ``severity_text``
+            (str) and ``trace_id`` (bytes), read from the bytes by the C extension
+            (processors/_logscan.c, ~0.2 us per record for all four columns against
+            ~1.2 us through upb); processors read the records when None.
         dropped_pattern_ids: pattern id of every record removed by :meth:`retain`, so
             reports can count drops per pattern without another pass.
         received: number of records the request held when the batch was made.
@@ -109,11 +123,13 @@ class LogBatch:
     """
 
     __slots__ = ("request", "now", "records", "services", "pattern_ids", "templates",
-                 "families", "bodies", "dropped_pattern_ids", "received", "pending",
-                 "_scope_counts")
+                 "families", "bodies", "severity_numbers", "severity_texts", "trace_ids",
+                 "dropped_pattern_ids", "received", "pending", "_scope_counts")
 
     def __init__(self, request: ExportLogsServiceRequest, now: float,
-                 defer_attributes: bool = False) -> None:
+                 defer_attributes: bool = False, raw: bytes | None = None) -> None:
+        """request: the decoded message; raw: optionally, the protobuf bytes it was decoded
+        from (unchanged since), for the columns above; now, defer_attributes: see above."""
         self.request = request
         self.now = now
         records: list[LogRecord] = []
@@ -135,6 +151,13 @@ class LogBatch:
         self.templates: list[str] = [""] * n
         self.families: list[str] = [""] * n
         self.bodies: list[str] | None = None
+        self.severity_numbers: list[int] | None = None
+        self.severity_texts: list[str] | None = None
+        self.trace_ids: list[bytes] | None = None
+        if raw is not None and _scan_columns is not None and n:
+            cols = _scan_columns(raw)  # None: bytes the scan does not follow; read upb
+            if cols is not None and len(cols[0]) == n:
+                self.bodies, self.severity_numbers, self.severity_texts, self.trace_ids = cols
         self.dropped_pattern_ids: list[str] = []
         self.pending: list[bytes] | None = [b""] * n if defer_attributes else None
 
@@ -188,10 +211,10 @@ class LogBatch:
         self.pattern_ids = list(compress(self.pattern_ids, keep))
         self.templates = list(compress(self.templates, keep))
         self.families = list(compress(self.families, keep))
-        if self.bodies is not None:
-            self.bodies = list(compress(self.bodies, keep))
-        if self.pending is not None:
-            self.pending = list(compress(self.pending, keep))
+        for col in ("bodies", "severity_numbers", "severity_texts", "trace_ids", "pending"):
+            values = getattr(self, col)
+            if values is not None:
+                setattr(self, col, list(compress(values, keep)))
 
     def add_attributes(self, data: list[bytes]) -> None:
         """Append attributes to the records: ``data[i]`` is a serialized ``LogRecord`` that
@@ -263,6 +286,12 @@ class LogBatch:
         self.families.extend([""] * len(recs))
         if self.bodies is not None:
             self.bodies.extend(r.body.string_value for r in recs)
+        if self.severity_numbers is not None:
+            self.severity_numbers.extend(r.severity_number for r in recs)
+        if self.severity_texts is not None:
+            self.severity_texts.extend(r.severity_text for r in recs)
+        if self.trace_ids is not None:
+            self.trace_ids.extend(r.trace_id for r in recs)
         if self.pending is not None:
             self.pending.extend([b""] * len(recs))
 

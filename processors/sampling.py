@@ -198,12 +198,15 @@ def record_severity(record: LogRecord) -> int:
     return _resolve_severity(record, record.severity_number)
 
 
-def _resolve_severity(record: LogRecord, sn: int, s: str | None = None) -> int:
+def _resolve_severity(record: LogRecord, sn: int, s: str | None = None,
+                      text: str | None = None) -> int:
     """record_severity, given the record's severity_number already read and, when known,
-    its string body ``s`` ("" for a body that is not a string) (hot path)."""
+    its string body ``s`` ("" for a body that is not a string) and its severity_text
+    ``text`` (hot path)."""
     if sn > 0:
         return sn if sn < 25 else 24
-    text = record.severity_text
+    if text is None:
+        text = record.severity_text
     if text:
         return _TEXT_SEVERITY.get(text.strip().upper(), 9)
     if s is None:
@@ -550,16 +553,24 @@ class SamplingProcessor:
         w_append = kept_w.append
         odd = st.odd_sev
         odd_get = odd.get
-        texts: Iterable[str | None] = repeat(None)
-        if batch.bodies is not None:
-            texts = batch.bodies if idx is None else [batch.bodies[i] for i in idx]
-        rows = zip(records, keys, repeat(False) if forced is None else forced, texts,
+        # The records' fields as columns: from the batch when it read them from the bytes
+        # (LogBatch: the C reader, ~5x cheaper than upb), else one upb read per record.
+        texts = _column(batch.bodies, idx)
+        sns = _column(batch.severity_numbers, idx)
+        if sns is None:
+            sns = [rec.severity_number for rec in records]
+        tids = _column(batch.trace_ids, idx)
+        if tids is None:
+            tids = [rec.trace_id for rec in records]
+        stexts = _column(batch.severity_texts, idx)
+        rows = zip(records, keys, repeat(False) if forced is None else forced,
+                   repeat(None) if texts is None else texts, sns,
+                   repeat(None) if stexts is None else stexts, tids,
                    strict=False)  # the repeat()s are endless
 
-        for rec, key, force, text in rows:
-            sn = rec.severity_number
+        for rec, key, force, text, sn, stext, tid in rows:
             if not 0 < sn < 25:
-                sn = _resolve_severity(rec, sn, text)
+                sn = _resolve_severity(rec, sn, text, stext)
             v = seen_get(key, sn) + 32  # count << 5 | severity of the window's first record
             seen[key] = v
             c = v >> 5
@@ -595,7 +606,6 @@ class SamplingProcessor:
             anom = boosting and (surge or key in boosted)
             if anom:
                 p = min(1.0, p * boost)
-            tid = rec.trace_id
             if tid and len(tid) == 16 and tid != _ZERO_TRACE:
                 # OTel consistent probability sampling: R = the 56 low bits of the trace id,
                 # kept iff R >= (1 - p) * 2**56; compared as 7 big-endian bytes.
@@ -1005,6 +1015,13 @@ class SamplingProcessor:
             st = _Service(name, self._detector.state(name, self._now))
             st.patterns = od
             self._services[name] = st
+
+
+def _column(values: list[Any] | None, idx: list[int] | None) -> list[Any] | None:
+    """A LogBatch column (None stays None) for the records at ``idx`` (None: all)."""
+    if values is None or idx is None:
+        return values
+    return [values[i] for i in idx]
 
 
 def _counts(seen: dict[str, int]) -> dict[str, int]:

@@ -3,8 +3,8 @@
 A receiver is built as ``Cls(name, config, pipeline)``; ``await start()`` binds (raising
 OSError with a message naming the endpoint when it cannot) and ``await stop()`` stops
 accepting and lets requests in progress finish. The pipeline is anything with
-``consume(request, nbytes) -> int`` (records accepted; ``nbytes`` the decoded body's
-length) that raises ``collector.pipeline.Refused`` when it cannot take the request now.
+``consume(request, nbytes, raw) -> int`` (records accepted; ``nbytes`` the decoded body's
+length; ``raw`` the protobuf bytes, None for OTLP/JSON) that raises ``collector.pipeline.Refused`` when it cannot take the request now.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 
 class Consumer(Protocol):
-    def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None) -> int: ...
+    def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None,
+                raw: bytes | None = None) -> int: ...
 
 
 class ThrottledLog:

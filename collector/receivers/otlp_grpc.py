@@ -127,7 +127,7 @@ class OtlpGrpcReceiver:
         n = count_records(request)
         refused: Refused | None = None
         try:
-            accepted = self.pipeline.consume(request, len(body)) if n else 0
+            accepted = self.pipeline.consume(request, len(body), body) if n else 0
         except Refused as err:
             refused = err
         except Exception:  # noqa: BLE001 - a pipeline bug answers INTERNAL, server lives on

@@ -144,7 +144,8 @@ class OtlpHttpReceiver:
 
         n = count_records(otlp)
         try:
-            accepted = self.pipeline.consume(otlp, len(body)) if n else 0
+            raw = None if as_json else body
+            accepted = self.pipeline.consume(otlp, len(body), raw) if n else 0
         except Refused as err:
             metrics.RECEIVER_REFUSED.labels(self.name, self.transport, err.reason).inc(n)
             self._throttled.warning(err.reason, "receiver %s: refused %d log records: %s",

@@ -240,10 +240,12 @@ def test_dockerignore_sends_only_what_the_image_installs():
     rules = dockerignore_rules((REPO / ".dockerignore").read_text(encoding="utf-8"))
     for needed in ("pyproject.toml", "constraints.txt", "collector/cli.py",
                    "collector/config.py", "processors/__init__.py", "config/default.yaml",
-                   "config/container.yaml", "config/__init__.py"):
+                   "config/container.yaml", "config/__init__.py", "setup.py",
+                   "processors/_logscan.c"):
         assert not excluded(needed, rules), f"{needed} must be in the build context"
     for unwanted in (".venv/bin/python", ".git/HEAD", "tests/__init__.py", "helm/lipservice/Chart.yaml",
-                     "collector/__pycache__/cli.cpython-311.pyc", "data/state.db", "Dockerfile"):
+                     "collector/__pycache__/cli.cpython-311.pyc", "data/state.db", "Dockerfile",
+                     "processors/_logscan.cpython-311-x86_64-linux-gnu.so"):
         assert excluded(unwanted, rules), f"{unwanted} must stay out of the build context"
 
 
@@ -311,6 +313,13 @@ def test_image_install_step_works_outside_the_repo(tmp_path):
         capture_output=True, text=True, timeout=60, env=env, cwd=elsewhere, check=True)
     for line in where.stdout.split():
         assert line.startswith(vsite), f"imported from outside the new venv: {line}"
+    # The C extension is built from the context (the image's build stage has gcc).
+    if shutil.which("cc") or shutil.which("gcc"):
+        native = subprocess.run([str(vpy), "-c", "import processors._logscan as m; print(m.__file__)"],
+                                capture_output=True, text=True, timeout=60, env=env,
+                                cwd=elsewhere, check=False)
+        assert native.returncode == 0 and native.stdout.startswith(vsite), \
+            native.stderr[-2000:] + install.stdout[-2000:]
 
     # The container config, as the image's CMD uses it.
     ok = subprocess.run([str(lipservice), "validate", "-c", str(context / "config" / "container.yaml")],

@@ -170,8 +170,13 @@ async def test_full_queue_is_resource_exhausted_with_retry_info(served):
 
 
 async def test_partial_success_when_the_pipeline_accepts_fewer():
+    """Also: the pipeline is handed the protobuf bytes the request was decoded from."""
+    raws: list[bytes | None] = []
+
     class AcceptsAllButTwo:
-        def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None) -> int:
+        def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None,
+                    raw: bytes | None = None) -> int:
+            raws.append(raw)
             return sum(len(sl.log_records) for rl in request.resource_logs
                        for sl in rl.scope_logs) - 2
 
@@ -187,6 +192,7 @@ async def test_partial_success_when_the_pipeline_accepts_fewer():
     finally:
         await receiver.stop(0)
     assert resp.partial_success.rejected_log_records == 2
+    assert raws == [make_request(5).SerializeToString()]
 
 
 async def test_port_in_use_is_an_os_error_naming_the_endpoint(served):

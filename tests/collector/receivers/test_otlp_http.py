@@ -307,8 +307,14 @@ async def test_full_queue_answers_429_with_retry_after_and_loses_nothing(served,
 
 
 async def test_partial_success_when_the_pipeline_accepts_fewer():
+    """Also: the pipeline is handed the protobuf bytes the request was decoded from (the
+    batch reads its columns from them), and no bytes for OTLP/JSON."""
+    raws: list[bytes | None] = []
+
     class AcceptsAllButOne:
-        def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None) -> int:
+        def consume(self, request: ExportLogsServiceRequest, nbytes: int | None = None,
+                    raw: bytes | None = None) -> int:
+            raws.append(raw)
             return sum(len(sl.log_records) for rl in request.resource_logs
                        for sl in rl.scope_logs) - 1
 
@@ -329,6 +335,7 @@ async def test_partial_success_when_the_pipeline_accepts_fewer():
         await receiver.stop()
     assert answer.partial_success.rejected_log_records == 1
     assert doc["partialSuccess"]["rejectedLogRecords"] in ("1", 1)
+    assert raws == [make_request(3).SerializeToString(), None]
 
 
 # --------------------------------------------------------------------------- lifecycle
