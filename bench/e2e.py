@@ -834,7 +834,14 @@ def machine() -> str:
     except OSError:
         pass
     return (f"{model or platform.processor()}, {os.cpu_count()} vCPUs, Python "
-            f"{platform.python_version()}, {_loop_name()}")
+            f"{platform.python_version()}, {_loop_name()}, {_reader_name()}")
+
+
+def _reader_name() -> str:
+    """Whether the sidecar reads records with the C extension (processors/_logscan.c)."""
+    from processors.base import NATIVE_SCAN
+
+    return "C reader of OTLP bytes" if NATIVE_SCAN else "records read through upb"
 
 
 def _loop_name() -> str:

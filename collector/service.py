@@ -144,10 +144,10 @@ class Service:
     async def start(self) -> None:
         """Start everything; raises StartupError (after undoing what had started)."""
         if not NATIVE_SCAN:
-            log.warning("the C extension processors._logscan is not built (no C compiler "
-                        "when lipservice was installed): records are read through upb, "
-                        "~25 %% more CPU per record; install gcc and reinstall to build it "
-                        "(docs/performance.md)")
+            log.warning("the C extension processors._logscan is not in use (not built: no "
+                        "C compiler when lipservice was installed; or LIPSERVICE_NATIVE=0): "
+                        "records are read through upb, about a third more CPU per record; "
+                        "install gcc and reinstall to build it (docs/performance.md)")
         try:
             self.store = StateStore(self.config.storage.directory)
         except StateError as err:

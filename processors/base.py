@@ -25,7 +25,8 @@ the pipeline can pass the batch on as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from itertools import compress
 from operator import not_
 from typing import Any, ClassVar, Protocol
@@ -36,13 +37,20 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from pydantic import BaseModel
 
-try:  # the optional C extension (setup.py); without it the columns are read from upb
-    from processors._logscan import columns as _scan_columns
-except ImportError:  # pragma: no cover - exercised by installs without a C compiler
-    _scan_columns = None
+_scan_columns: Callable[[bytes], tuple[list[str], list[int], list[str], list[bytes]] | None] \
+    | None = None
+native_skeletons: Callable[[list[str]], list[bytes] | None] | None = None
+"""processors/_logscan.c's ``skeletons`` (signature.py), or None: not built, or disabled."""
+if os.environ.get("LIPSERVICE_NATIVE", "1") != "0":  # 0: read upb (to compare, or debug)
+    try:  # the optional C extension (setup.py); without it the columns are read from upb
+        from processors import _logscan
+        _scan_columns, native_skeletons = _logscan.columns, _logscan.skeletons
+    except ImportError:  # pragma: no cover - exercised by installs without a C compiler
+        pass
 
 NATIVE_SCAN = _scan_columns is not None
-"""True when the C reader of OTLP bytes (processors/_logscan.c) is built and in use."""
+"""True when the C reader of OTLP bytes (processors/_logscan.c) is built and in use (it is
+not with the environment variable ``LIPSERVICE_NATIVE=0``)."""
 
 UNKNOWN_SERVICE = "unknown_service"
 
@@ -100,7 +108,10 @@ class LogBatch:
         request: the decoded protobuf message, mutated in place.
         now: seconds since the epoch for this batch (wall clock, or the replay's virtual
             clock); processors read time only from here.
-        records: the LogRecord messages, in request order.
+        records: the LogRecord messages, in request order. Their Python wrappers are made
+            on first use (~0.2 us per record in upb): the pipeline's processors read the
+            columns below and :meth:`record`, so most batches only ever wrap the records
+            that survive sampling.
         services: ``service.name`` of each record's resource.
         pattern_ids: 16-hex pattern id per record ("" until the signature processor runs).
         templates: template text per record ("" until the signature processor runs).
@@ -122,9 +133,9 @@ class LogBatch:
             yet written (see :meth:`add_attributes`).
     """
 
-    __slots__ = ("request", "now", "records", "services", "pattern_ids", "templates",
-                 "families", "bodies", "severity_numbers", "severity_texts", "trace_ids",
-                 "dropped_pattern_ids", "received", "pending", "_scope_counts")
+    __slots__ = ("request", "now", "_records", "_n", "_lists", "services", "pattern_ids",
+                 "templates", "families", "bodies", "severity_numbers", "severity_texts",
+                 "trace_ids", "dropped_pattern_ids", "received", "pending", "_scope_counts")
 
     def __init__(self, request: ExportLogsServiceRequest, now: float,
                  defer_attributes: bool = False, raw: bytes | None = None) -> None:
@@ -132,20 +143,21 @@ class LogBatch:
         from (unchanged since), for the columns above; now, defer_attributes: see above."""
         self.request = request
         self.now = now
-        records: list[LogRecord] = []
         services: list[str] = []
         scope_counts: list[int] = []
+        lists = []
         for rl in request.resource_logs:
             svc = service_name(rl.resource)
             for sl in rl.scope_logs:
                 recs = sl.log_records
-                records.extend(recs)
+                lists.append(recs)
                 services.extend([svc] * len(recs))
                 scope_counts.append(len(recs))
-        self.records = records
+        self._records: list[LogRecord] | None = None
+        self._lists: list[Any] | None = lists  # each scope's log_records, until retain
         self.services = services
         self._scope_counts = scope_counts
-        n = len(records)
+        n = self._n = len(services)
         self.received = n
         self.pattern_ids: list[str] = [""] * n
         self.templates: list[str] = [""] * n
@@ -162,7 +174,28 @@ class LogBatch:
         self.pending: list[bytes] | None = [b""] * n if defer_attributes else None
 
     def __len__(self) -> int:
-        return len(self.records)
+        return self._n
+
+    @property
+    def records(self) -> list[LogRecord]:
+        """The LogRecord messages, in request order (wrapped on first use)."""
+        if self._records is None:
+            self._records = [rec for rl in self.request.resource_logs
+                             for sl in rl.scope_logs for rec in sl.log_records]
+        return self._records
+
+    def record(self, i: int) -> LogRecord:
+        """``records[i]``, without wrapping every record when they are not wrapped yet.
+        Raises IndexError outside 0 <= i < len(self)."""
+        if self._records is not None or self._lists is None:
+            return self.records[i]
+        if not 0 <= i < self._n:
+            raise IndexError(f"record {i} of a batch of {self._n}")
+        for recs, c in zip(self._lists, self._scope_counts, strict=True):
+            if i < c:
+                return recs[i]
+            i -= c
+        raise AssertionError("scope counts out of step with the records")  # pragma: no cover
 
     def retain(self, keep: list[bool]) -> None:
         """Remove every record whose ``keep`` entry is False, from the request and from the
@@ -170,7 +203,7 @@ class LogBatch:
 
         keep: list[bool] aligned with ``records``. Raises ValueError on a length mismatch.
         """
-        n = len(self.records)
+        n = self._n
         if len(keep) != n:
             raise ValueError(f"keep mask has {len(keep)} entries for {n} records")
         if all(keep):
@@ -206,7 +239,10 @@ class LogBatch:
                 del rls[r]
         self._scope_counts = [c for c in new_counts if c]
         self.dropped_pattern_ids.extend(compress(self.pattern_ids, map(not_, keep)))
-        self.records = list(compress(self.records, keep))
+        if self._records is not None:
+            self._records = list(compress(self._records, keep))
+        self._lists = None  # scopes were removed; records are wrapped from the request
+        self._n = sum(new_counts)
         self.services = list(compress(self.services, keep))
         self.pattern_ids = list(compress(self.pattern_ids, keep))
         self.templates = list(compress(self.templates, keep))
@@ -226,7 +262,7 @@ class LogBatch:
 
         data: list[bytes] aligned with ``records``. Raises ValueError on a length mismatch.
         """
-        n = len(self.records)
+        n = self._n
         if len(data) != n:
             raise ValueError(f"{len(data)} attribute entries for {n} records")
         pending = self.pending
@@ -249,7 +285,7 @@ class LogBatch:
         for rec, d in zip(self.records, pending, strict=True):
             if d:
                 rec.MergeFromString(d)
-        self.pending = [b""] * len(self.records)
+        self.pending = [b""] * self._n
 
     def compacted(self) -> ExportLogsServiceRequest:
         """The request to hand on once the processors are done: ``request`` itself, or,
@@ -257,7 +293,7 @@ class LogBatch:
         frees a message's memory only with the whole message, so a request that sits in an
         export queue would otherwise hold every record it was received with (~8x the memory
         after sampling). The copy costs ~0.6 us per record left."""
-        if 4 * len(self.records) > 3 * self.received:
+        if 4 * self._n > 3 * self.received:
             return self.request
         out = ExportLogsServiceRequest()
         out.CopyFrom(self.request)
@@ -279,7 +315,11 @@ class LogBatch:
             del self.request.resource_logs[-1]
             raise ValueError("pattern_ids/templates must have one entry per added record")
         self._scope_counts.extend(len(sl.log_records) for sl in added.scope_logs)
-        self.records.extend(recs)
+        if self._records is not None:
+            self._records.extend(recs)
+        if self._lists is not None:
+            self._lists.extend(sl.log_records for sl in added.scope_logs)
+        self._n += len(recs)
         self.services.extend([svc] * len(recs))
         self.pattern_ids.extend(pattern_ids)
         self.templates.extend(templates)

@@ -90,7 +90,7 @@ import random
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import compress, repeat
 from typing import Any, NamedTuple
 
@@ -195,22 +195,22 @@ def record_severity(record: LogRecord) -> int:
     (The template cannot stand in for the body here: the signature processor mines the
     message *inside* a JSON body, so a JSON body's template need not start with ``{``.)
     """
-    return _resolve_severity(record, record.severity_number)
+    return _resolve_severity([record].__getitem__, 0, record.severity_number)
 
 
-def _resolve_severity(record: LogRecord, sn: int, s: str | None = None,
-                      text: str | None = None) -> int:
-    """record_severity, given the record's severity_number already read and, when known,
-    its string body ``s`` ("" for a body that is not a string) and its severity_text
-    ``text`` (hot path)."""
+def _resolve_severity(record_at: Callable[[int], LogRecord], i: int, sn: int,
+                      s: str | None = None, text: str | None = None) -> int:
+    """record_severity of record ``record_at(i)`` (read only when needed), given its
+    severity_number already read and, when known, its string body ``s`` ("" for a body
+    that is not a string) and its severity_text ``text`` (hot path)."""
     if sn > 0:
         return sn if sn < 25 else 24
     if text is None:
-        text = record.severity_text
+        text = record_at(i).severity_text
     if text:
         return _TEXT_SEVERITY.get(text.strip().upper(), 9)
     if s is None:
-        s = record.body.string_value
+        s = record_at(i).body.string_value
     if s:
         head = s[:1]
         if head == "{" or (head.isspace() and s.lstrip()[:1] == "{"):
@@ -220,7 +220,7 @@ def _resolve_severity(record: LogRecord, sn: int, s: str | None = None,
                     return _TEXT_SEVERITY.get(m.group(1).upper(), 9)
                 return _numeric_level(int(m.group(2)))
         return 9
-    body = record.body
+    body = record_at(i).body
     if body.HasField("kvlist_value"):
         for kv in body.kvlist_value.values:
             if kv.key.lower() in _LEVEL_KEYS:
@@ -463,16 +463,15 @@ class SamplingProcessor:
         if n == 0:
             self._append_summaries(batch, summaries)
             return
-        records = batch.records
         keys = batch.pattern_ids
         if "" in keys:
             keys = [k or _fallback_key(record_severity(r))
-                    for k, r in zip(keys, records, strict=True)]
+                    for k, r in zip(keys, batch.records, strict=True)]
         services = batch.services
         first = services[0]
         if services.count(first) == n:
             comp = per_service.get(first, default)
-            d = self._decide(batch, first, comp, None, records, keys, summaries)
+            d = self._decide(batch, first, comp, None, keys, summaries)
             mask, kept_w = d.mask, d.kept_w
         else:
             groups: dict[str, list[int]] = {}
@@ -482,8 +481,7 @@ class SamplingProcessor:
             weights = [0.0] * n
             for svc, idx in groups.items():
                 comp = per_service.get(svc, default)
-                d = self._decide(batch, svc, comp, idx, [records[i] for i in idx],
-                                 [keys[i] for i in idx], summaries)
+                d = self._decide(batch, svc, comp, idx, [keys[i] for i in idx], summaries)
                 for i, keep in zip(idx, d.mask, strict=True):
                     mask[i] = keep
                 for i, w in zip(compress(idx, d.mask), d.kept_w, strict=True):
@@ -511,14 +509,16 @@ class SamplingProcessor:
         return st
 
     def _decide(self, batch: LogBatch, name: str, comp: _Compiled, idx: list[int] | None,
-                records: list[LogRecord], keys: list[str],
-                summaries: list[_Summary]) -> _Decided:
+                keys: list[str], summaries: list[_Summary]) -> _Decided:
         """Decide one service's records of a batch (``idx``: their positions, None = all);
         updates the counters, touches no record."""
         now = batch.now
         st = self._service(name, now)
         if now >= st.window_end or comp.window != st.window_len:
             self._roll_window(st, comp.window, now, summaries)
+        records: list[LogRecord] = []  # wrapped only when needed: rules, or no columns
+        if comp.has_rules or batch.severity_numbers is None or batch.trace_ids is None:
+            records = batch.records if idx is None else [batch.records[i] for i in idx]
         forced = self._rule_exempt(batch, comp, idx, records) if comp.has_rules else None
 
         detector = self._detector
@@ -563,14 +563,21 @@ class SamplingProcessor:
         if tids is None:
             tids = [rec.trace_id for rec in records]
         stexts = _column(batch.severity_texts, idx)
-        rows = zip(records, keys, repeat(False) if forced is None else forced,
+        record_at = batch.record  # a record is wrapped only when one is read
+        rows = zip(range(len(keys)) if idx is None else idx, keys,
+                   repeat(False) if forced is None else forced,
                    repeat(None) if texts is None else texts, sns,
-                   repeat(None) if stexts is None else stexts, tids,
+                   repeat("-") if stexts is None else stexts, tids,
                    strict=False)  # the repeat()s are endless
 
-        for rec, key, force, text, sn, stext, tid in rows:
+        for i, key, force, text, sn, stext, tid in rows:
             if not 0 < sn < 25:
-                sn = _resolve_severity(rec, sn, text, stext)
+                if sn == 0 and stext == "" and text and text[0] != "{" and \
+                        not text[0].isspace():
+                    sn = 9  # plain text body, no severity: INFO (_resolve_severity)
+                else:
+                    sn = _resolve_severity(record_at, i, sn, text,
+                                           None if stexts is None else stext)
             v = seen_get(key, sn) + 32  # count << 5 | severity of the window's first record
             seen[key] = v
             c = v >> 5
@@ -578,7 +585,7 @@ class SamplingProcessor:
                 odd[(key, sn)] = odd_get((key, sn), 0) + 1
             if c <= slow_n or sn >= 17 or force:  # 17 = ERROR (policy.ERROR_SEVERITY)
                 if c <= slow_n:  # a few records per pattern and window: size sample
-                    size_sum[key] = size_get(key, 0) + rec.ByteSize()
+                    size_sum[key] = size_get(key, 0) + record_at(i).ByteSize()
                     size_cnt[key] = c
                     if c == 1:
                         new_keys.append(key)

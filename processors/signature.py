@@ -62,8 +62,9 @@ Hot path (per batch, lookups from cheapest to dearest; DESIGN.md §Hot path):
    never come back costs more than it saves;
 2. skeleton cache: the message with its digits replaced by ``5`` (no masking rule depends
    on digit values, so ``took 35ms`` and ``took 12ms`` share a skeleton). The skeletons of
-   all the batch's plain bodies are made at once (one encode, replace, translate and split
-   of the joined bodies) and looked up with one C-level ``map``; skeletons with tokens whose
+   all the batch's plain bodies are made at once (:func:`skeletons`: one pass per body in
+   the C extension processors/_logscan.c, else C-level passes over the joined bodies) and
+   looked up with one C-level ``map``; skeletons with tokens whose
    masked form keeps digits (``ssh2``, ``R02-M1-N0``) map those tokens' bytes to the
    pattern (one slice and one lookup per record);
 3. shape cache: the message's classified tokens (masking.py steps 1-3, each token through
@@ -76,8 +77,9 @@ merged or evicted since: the batch lookups check liveness with one C-level map a
 merges. The attributes are appended as bytes serialized once per pattern
 (``LogBatch.add_attributes``: one ``MergeFromString``, several times cheaper than building
 ``KeyValue`` messages per record; in the pipeline the write waits until sampling has
-dropped what it drops). The string bodies read are handed on in ``batch.bodies`` (reading a
-body again from upb costs ~0.5 us).
+dropped what it drops). The string bodies are read from ``batch.bodies`` when the batch
+already holds them (LogBatch reads them from the request's bytes), else from upb, and handed
+on there (reading a body from upb costs ~0.5-0.7 us).
 
 State: ``snapshot()`` / ``restore()`` (plain JSON data; the collector keeps it in its
 SQLite state store under ``storage.directory``); metrics from ``collect_metrics()`` at
@@ -89,7 +91,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import compress, repeat
 from operator import attrgetter, not_
 from typing import Any
@@ -100,14 +102,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from pydantic import Field
 
 from collector.config import StrictModel
+from processors import base
 from processors.base import ATTR_PATTERN_ID, ATTR_TEMPLATE, LogBatch
 from processors.masking import Masker
 from processors.miner import Miner, Pattern
-
-try:  # the optional C extension (setup.py); without it, skeletons() runs C-level passes
-    from processors._logscan import skeletons as _native_skeletons
-except ImportError:  # pragma: no cover - exercised by installs without a C compiler
-    _native_skeletons = None
 
 # Bounds that keep memory and time per record flat whatever the input:
 MAX_CACHED_CHARS = 2048         # longer bodies, skeletons and shapes are not cached
@@ -193,24 +191,25 @@ class SignatureProcessor:
     def process(self, batch: LogBatch) -> None:
         """Annotate every record of the batch in place (fail-open: all patterns are found
         before any record is touched)."""
-        records = batch.records
-        if not records:
+        n = len(batch)
+        if not n:
             return
-        n = len(records)
+        record_at = batch.record  # a record is wrapped only when its body is not a string
         if not self._body_caching and self._body_lookups >= self._body_resume:
             self._resume_body_cache()
         self._body_lookups += n
         texts = batch.bodies  # read from the request's bytes (LogBatch), else from upb
         if texts is None:
-            texts = [rec.body.string_value for rec in records]
+            texts = [rec.body.string_value for rec in batch.records]
         if self._bodies:
             found = list(map(self._bodies.get, texts, repeat(_MISSING)))
             alive = list(map(_ALIVE, found))
             if not all(alive):
-                self._find(records, texts, found, list(compress(range(n), map(not_, alive))))
+                self._find(record_at, texts, found,
+                           list(compress(range(n), map(not_, alive))))
         else:
             found = [_MISSING] * n
-            self._find(records, texts, found, None)
+            self._find(record_at, texts, found, None)
         pats = found  # every entry is a live pattern now
         # decided; now mutate
         self.records_total += n
@@ -227,15 +226,14 @@ class SignatureProcessor:
         batch.templates[:] = map(_TEMPLATE, pats)
         batch.bodies = texts
 
-    def _find(self, records: list[LogRecord], texts: list[str], found: list[Pattern],
-              todo: list[int] | None) -> None:
+    def _find(self, record_at: Callable[[int], LogRecord], texts: list[str],
+              found: list[Pattern], todo: list[int] | None) -> None:
         """Set ``found[i]`` to the live pattern for every i in ``todo`` (None: all): body-cache
         misses (``_MISSING``) and hits on a pattern merged or evicted since.
 
-        All their skeletons are made at once (one encode, replace, translate and split over
-        the joined bodies) and looked up in ``_plain`` with one C-level map; only records
-        whose skeleton is not there (new shapes, digit-keeping tokens, JSON/logfmt/kvlist
-        bodies) take the per-record path."""
+        All their skeletons are made at once (:func:`skeletons`) and looked up in ``_plain``
+        with one C-level map; only records whose skeleton is not there (new shapes,
+        digit-keeping tokens, JSON/logfmt/kvlist bodies) take the per-record path."""
         if todo is not None and [found[i] for i in todo].count(_MISSING) != len(todo):
             rest = []
             for i in todo:  # a cached pattern merged since: follow it
@@ -264,7 +262,7 @@ class SignatureProcessor:
                 found[i] = p
         alive = list(map(_ALIVE, hits))
         if not all(alive):
-            self._find_rest(records, sub, idx, skels, alive, found)
+            self._find_rest(record_at, sub, idx, skels, alive, found)
         if self._body_caching:
             bodies = self._bodies
             if len(bodies) + len(sub) > self.config.cache_size:
@@ -277,7 +275,8 @@ class SignatureProcessor:
                         if text and len(text) <= MAX_CACHED_CHARS:
                             bodies[text] = found[i]
 
-    def _find_rest(self, records: list[LogRecord], sub: list[str], idx: Sequence[int],
+    def _find_rest(self, record_at: Callable[[int], LogRecord], sub: list[str],
+                   idx: Sequence[int],
                    skels: list[bytes], alive: list[bool], found: list[Pattern]) -> None:
         """_find for the records without a live pattern in ``_plain``: plain bodies whose
         skeleton has digit-keeping tokens are looked up by those tokens' bytes (skeleton
@@ -286,7 +285,7 @@ class SignatureProcessor:
         miss = list(compress(range(len(alive)), map(not_, alive)))
         if not skels:
             for k in miss:
-                found[idx[k]] = self._pattern_of_text(records[idx[k]], sub[k])
+                found[idx[k]] = self._pattern_of_text(record_at, idx[k], sub[k])
             return
         entries = list(map(self._skeletons.get, [skels[k] for k in miss]))
         for k, entry in zip(miss, entries, strict=True):
@@ -305,12 +304,14 @@ class SignatureProcessor:
                 b = sub[k].encode("utf-8", "surrogatepass")
                 found[idx[k]] = self._mine(sub[k], b, skels[k])
             else:
-                found[idx[k]] = self._pattern_of_text(records[idx[k]], sub[k])
+                found[idx[k]] = self._pattern_of_text(record_at, idx[k], sub[k])
 
-    def _pattern_of_text(self, record: LogRecord, text: str) -> Pattern:
-        """The pattern of one record whose body missed the batch lookups."""
+    def _pattern_of_text(self, record_at: Callable[[int], LogRecord], i: int,
+                         text: str) -> Pattern:
+        """The pattern of record ``record_at(i)``, whose string body ``text`` missed the
+        batch lookups (the record is read only when the body is not a string)."""
         if not text:
-            return self.pattern_for(self.message_of_value(record.body))
+            return self.pattern_for(self.message_of_value(record_at(i).body))
         if _is_plain(text, self.config.parse_logfmt):
             return self.pattern_for(text)
         return self.pattern_for(self.message_of_string(text))
@@ -585,8 +586,8 @@ def skeletons(texts: list[str]) -> list[bytes] | None:
     """The skeleton of every text (see pattern_for), or None when a text holds a NUL: one
     pass per text in the C extension (processors/_logscan.c, ~8x faster), else
     :func:`_skeletons_py`; the extension leaves texts with lone surrogates to it."""
-    if _native_skeletons is not None:
-        skels = _native_skeletons(texts)
+    if base.native_skeletons is not None:
+        skels = base.native_skeletons(texts)
         if skels is not None or "\0" in "".join(texts):
             return skels
     return _skeletons_py(texts)

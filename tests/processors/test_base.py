@@ -142,3 +142,32 @@ def test_add_attributes_rejects_a_misaligned_list() -> None:
     batch = LogBatch(make_request([[3]]), 0.0, defer_attributes=True)
     with pytest.raises(ValueError, match="2 attribute entries for 3 records"):
         batch.add_attributes([b""] * 2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 30), min_size=1, max_size=3), min_size=1, max_size=3),
+       st.data())
+def test_records_are_wrapped_on_first_use_and_record_i_agrees(
+        shape: list[list[int]], data: st.DataObject) -> None:
+    """record(i) is records[i] whether or not the records were wrapped, before and after
+    retain and append_resource_logs; len() follows; a batch whose processors use only
+    record(i) never wraps every record."""
+    req = make_request(shape)
+    expected = [f"{r}.{s}.{i}" for r, scopes in enumerate(shape) for s, n in enumerate(scopes)
+                for i in range(n)]
+    wrap_first = data.draw(st.booleans())
+    batch = LogBatch(req, now=1.0)
+    if wrap_first:
+        assert [r.body.string_value for r in batch.records] == expected
+    assert [batch.record(i).body.string_value for i in range(len(batch))] == expected
+    assert (batch._records is None) != wrap_first  # record(i) alone wrapped nothing
+    with pytest.raises(IndexError):
+        batch.record(len(batch))
+    keep = data.draw(st.lists(st.booleans(), min_size=len(batch), max_size=len(batch)))
+    batch.retain(keep)
+    expected = [b for b, k in zip(expected, keep, strict=True) if k]
+    batch.append_resource_logs(make_request([[2]]).resource_logs[0], ["p", "p"], ["t", "t"])
+    expected += ["0.0.0", "0.0.1"]
+    assert len(batch) == len(expected)
+    assert [batch.record(i).body.string_value for i in range(len(batch))] == expected
+    assert [r.body.string_value for r in batch.records] == expected

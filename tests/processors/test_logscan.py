@@ -9,7 +9,10 @@ exactly as one made without them.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -236,7 +239,8 @@ def loghub_like_request(rng: random.Random, n: int) -> ExportLogsServiceRequest:
 def test_a_batch_made_from_bytes_is_processed_exactly_as_one_without(seed: int) -> None:
     """Signature then sampling (same seed) over the same requests, once with the bytes
     (columns from the C reader) and once without (upb reads): the same records survive
-    with the same attributes."""
+    with the same attributes; with the bytes, no record is wrapped until the kept ones
+    are written."""
     outputs = []
     for with_raw in (True, False):
         rng = random.Random(seed)
@@ -251,6 +255,8 @@ def test_a_batch_made_from_bytes_is_processed_exactly_as_one_without(seed: int) 
             assert (batch.severity_numbers is not None) == with_raw
             sig.process(batch)
             samp.process(batch)
+            if with_raw:  # the processors read columns and record(i): nothing wrapped
+                assert batch._records is None
             batch.write_attributes()
             out.append(batch.request.SerializeToString())
         outputs.append(out)
@@ -262,3 +268,13 @@ def test_bytes_the_scan_does_not_follow_fall_back_to_upb() -> None:
     batch = LogBatch(ExportLogsServiceRequest.FromString(data), 1.0, raw=data)
     assert batch.severity_numbers is None and batch.bodies is None
     assert base.NATIVE_SCAN
+
+
+def test_lipservice_native_0_turns_the_extension_off() -> None:
+    """LIPSERVICE_NATIVE=0 (to compare, or to rule the extension out) reads upb."""
+    code = "from processors import base; print(base.NATIVE_SCAN, base.native_skeletons)"
+    for value, expected in (("0", "False None"), ("1", "True <built-in function skeletons>")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "LIPSERVICE_NATIVE": value}, timeout=60,
+                             check=True).stdout.strip()
+        assert out == expected
