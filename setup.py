@@ -9,4 +9,4 @@ docs/performance.md). ``lipservice run`` logs which one is in use.
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("processors._logscan", ["processors/_logscan.c"],
-                             optional=True, extra_compile_args=["-O2"])])
+                             optional=True, extra_compile_args=["-O3"])])
