@@ -124,7 +124,9 @@ class LogBatch:
             from ``raw`` bytes, each record's ``severity_number`` (int), ``severity_text``
             (str) and ``trace_id`` (bytes), read from the bytes by the C extension
             (processors/_logscan.c, ~0.2 us per record for all four columns against
-            ~1.2 us through upb); processors read the records when None.
+            ~1.2 us through upb); processors read the records when None. A processor
+            that changes a record's body, severity or trace_id must update these columns
+            (or set them to None) for the processors after it.
         dropped_pattern_ids: pattern id of every record removed by :meth:`retain`, so
             reports can count drops per pattern without another pass.
         received: number of records the request held when the batch was made.
