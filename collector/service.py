@@ -34,7 +34,7 @@ from collector.persistent_queue import StorageError
 from collector.pipeline import Pipeline
 from collector.state import StateError, StateStore
 from collector.telemetry import TelemetryServer
-from processors.base import NATIVE_SCAN
+from processors.base import NATIVE_PROBLEM, NATIVE_SCAN
 
 log = logging.getLogger("lipservice.service")
 
@@ -144,10 +144,10 @@ class Service:
     async def start(self) -> None:
         """Start everything; raises StartupError (after undoing what had started)."""
         if not NATIVE_SCAN:
-            log.warning("the C extension processors._logscan is not in use (not built: no "
-                        "C compiler when lipservice was installed; or LIPSERVICE_NATIVE=0): "
-                        "records are read through upb, about a third more CPU per record; "
-                        "install gcc and reinstall to build it (docs/performance.md)")
+            log.warning("the C reader of OTLP bytes (processors/_logscan.c) is not in use: "
+                        "%s. Records are read through upb, about a third more CPU per "
+                        "record; with a C compiler (gcc) installed, reinstall lipservice "
+                        "to build it (docs/performance.md)", NATIVE_PROBLEM)
         try:
             self.store = StateStore(self.config.storage.directory)
         except StateError as err:

@@ -108,7 +108,10 @@ static const int ANY_VALUE_WT[8] = {-1, WT_LEN, WT_VARINT, WT_VARINT, WT_I64, WT
                                     WT_LEN};
 
 /* AnyValue: the string_value when the oneof's last member set is string_value (field 1),
- * else an empty span (what upb's body.string_value reads). 0 when malformed. */
+ * else an empty span (what upb's body.string_value reads). 0 when malformed, and for any
+ * field above 7: newer schemas add members to the oneof (opentelemetry-proto 1.45 has
+ * string_value_strindex = 8), and whether such a field replaces the string depends on the
+ * schema upb was built with, so upb reads those bodies. */
 static int scan_any_value(span_t v, span_t *str)
 {
     const uint8_t *p = v.p;
@@ -118,7 +121,8 @@ static int scan_any_value(span_t v, span_t *str)
     while (p < v.end) {
         if (!read_tag(&p, v.end, &field, &wt))
             return 0;
-        if (field <= 7 && wt != ANY_VALUE_WT[field]) /* upb: an unknown field, not ours */
+        if (field > 7 || wt != ANY_VALUE_WT[field]) /* see above; a wrong wire type makes
+                                                      * upb keep it as an unknown field */
             return 0;
         if (field == 1) {
             if (!read_len(&p, v.end, str))
@@ -126,8 +130,7 @@ static int scan_any_value(span_t v, span_t *str)
         } else if (!skip_value(&p, v.end, wt)) {
             return 0;
         }
-        if (field <= 7)
-            last = field;
+        last = field;
     }
     if (last != 1)
         str->p = str->end = NULL;

@@ -33,24 +33,59 @@ from typing import Any, ClassVar, Protocol
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from pydantic import BaseModel
+
+# The field numbers processors/_logscan.c reads, as (message, field name, number); the
+# reader is used only when the installed opentelemetry-proto agrees (and none of the
+# LogRecord fields sits in a oneof), so a schema change can never make it read wrongly.
+NATIVE_FIELDS = [
+    (ExportLogsServiceRequest, "resource_logs", 1), (ResourceLogs, "scope_logs", 2),
+    (ScopeLogs, "log_records", 2), (LogRecord, "severity_number", 2),
+    (LogRecord, "severity_text", 3), (LogRecord, "body", 5), (LogRecord, "trace_id", 9),
+    (AnyValue, "string_value", 1), (AnyValue, "bool_value", 2), (AnyValue, "int_value", 3),
+    (AnyValue, "double_value", 4), (AnyValue, "array_value", 5),
+    (AnyValue, "kvlist_value", 6), (AnyValue, "bytes_value", 7),
+]
+
+
+def _native_schema_problem() -> str | None:
+    """Why the installed OTLP schema is not the one the C reader follows, or None."""
+    for message, name, number in NATIVE_FIELDS:
+        f = message.DESCRIPTOR.fields_by_name.get(name)
+        if f is None or f.number != number:
+            return f"{message.DESCRIPTOR.name}.{name} is not field {number}"
+        in_oneof = f.containing_oneof is not None
+        if in_oneof != (message is AnyValue):
+            return f"{message.DESCRIPTOR.name}.{name} {'is' if in_oneof else 'is not'} in a oneof"
+    return None
+
 
 _scan_columns: Callable[[bytes], tuple[list[str], list[int], list[str], list[bytes]] | None] \
     | None = None
 native_skeletons: Callable[[list[str]], list[bytes] | None] | None = None
-"""processors/_logscan.c's ``skeletons`` (signature.py), or None: not built, or disabled."""
-if os.environ.get("LIPSERVICE_NATIVE", "1") != "0":  # 0: read upb (to compare, or debug)
+"""processors/_logscan.c's ``skeletons`` (signature.py), or None: not in use."""
+NATIVE_PROBLEM: str | None = None
+"""Why the C reader is not in use (None when it is): not built, disabled, or a schema it
+does not follow; ``lipservice run`` logs it."""
+if os.environ.get("LIPSERVICE_NATIVE", "1").strip().lower() in ("0", "false", "off", "no"):
+    NATIVE_PROBLEM = "turned off by LIPSERVICE_NATIVE"
+else:
     try:  # the optional C extension (setup.py); without it the columns are read from upb
         from processors import _logscan
-        _scan_columns, native_skeletons = _logscan.columns, _logscan.skeletons
-    except ImportError:  # pragma: no cover - exercised by installs without a C compiler
-        pass
+    except ImportError as err:  # pragma: no cover - exercised by installs without a compiler
+        NATIVE_PROBLEM = f"not built (no C compiler when lipservice was installed?): {err}"
+    else:
+        NATIVE_PROBLEM = _native_schema_problem()
+        if NATIVE_PROBLEM is None:
+            _scan_columns, native_skeletons = _logscan.columns, _logscan.skeletons
+        else:  # pragma: no cover - only with an opentelemetry-proto that renumbered fields
+            NATIVE_PROBLEM = f"the installed opentelemetry-proto differs: {NATIVE_PROBLEM}"
 
 NATIVE_SCAN = _scan_columns is not None
-"""True when the C reader of OTLP bytes (processors/_logscan.c) is built and in use (it is
-not with the environment variable ``LIPSERVICE_NATIVE=0``)."""
+"""True when the C reader of OTLP bytes (processors/_logscan.c) is built and in use (see
+NATIVE_PROBLEM; ``LIPSERVICE_NATIVE=0`` turns it off)."""
 
 UNKNOWN_SERVICE = "unknown_service"
 

@@ -68,7 +68,10 @@ def request_of(*records: bytes) -> bytes:
 # ---------------------------------------------------------------------------- strategies
 
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+STRINDEX = "string_value_strindex" in AnyValue.DESCRIPTOR.fields_by_name  # proto >= 1.45
 any_values = st.one_of(
+    st.integers(0, 2**31 - 1).map(lambda i: AnyValue(string_value_strindex=i)) if STRINDEX
+    else st.none(),
     st.none(),
     texts.map(lambda s: AnyValue(string_value=s)),
     st.integers(-(2**63), 2**63 - 1).map(lambda i: AnyValue(int_value=i)),
@@ -119,8 +122,67 @@ def requests(draw: st.DrawFn) -> ExportLogsServiceRequest:
 @settings(max_examples=300, deadline=None)
 @given(requests())
 def test_columns_equal_upb_reads(req: ExportLogsServiceRequest) -> None:
+    """Exactly upb's reads; None (upb reads) only for a body whose oneof member is one the
+    reader leaves to upb (above field 7)."""
     data = req.SerializeToString()
-    assert logscan.columns(data) == upb_columns(data)
+    left_to_upb = any(
+        r.body.WhichOneof("value") and
+        AnyValue.DESCRIPTOR.fields_by_name[r.body.WhichOneof("value")].number > 7
+        for rl in req.resource_logs for sl in rl.scope_logs for r in sl.log_records)
+    assert logscan.columns(data) == (None if left_to_upb else upb_columns(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(log_records(), st.lists(any_values, min_size=1, max_size=3)),
+                max_size=4))
+def test_columns_equal_upb_on_bodies_sent_in_pieces(
+        records: list[tuple[LogRecord, list[AnyValue | None]]]) -> None:
+    """A body whose AnyValue arrives as several serialized values one after the other (the
+    wire allows it; upb merges them: the oneof's last member wins): columns() reads what
+    upb reads, or leaves the request to upb."""
+    raw = []
+    for rec, values in records:
+        rec.ClearField("body")
+        body = b"".join(v.SerializeToString() for v in values if v is not None)
+        raw.append(rec.SerializeToString() + field(5, 2, body))
+    data = request_of(*raw)
+    cols = logscan.columns(data)
+    assert cols is None or cols == upb_columns(data)
+
+
+@pytest.mark.parametrize("member", [f.name for f in
+                                    AnyValue.DESCRIPTOR.oneofs_by_name["value"].fields])
+def test_every_body_oneof_member_of_the_installed_schema_replaces_the_string(
+        member: str) -> None:
+    """For each member of AnyValue's oneof in the installed opentelemetry-proto (new
+    members included, such as string_value_strindex in 1.45), a string then that member,
+    and that member then a string: columns() agrees with upb or leaves it to upb."""
+    value = AnyValue()
+    f = AnyValue.DESCRIPTOR.fields_by_name[member]
+    if f.message_type is not None:
+        getattr(value, member).SetInParent()
+    else:
+        setattr(value, member, {f.TYPE_STRING: "s", f.TYPE_BYTES: b"b", f.TYPE_BOOL: True,
+                                f.TYPE_DOUBLE: 1.5}.get(f.type, 3))
+    text = AnyValue(string_value="hello 42").SerializeToString()
+    for body in (text + value.SerializeToString(), value.SerializeToString() + text):
+        data = request_of(field(5, 2, body))
+        cols = logscan.columns(data)
+        assert cols is None or cols == upb_columns(data), (member, body)
+
+
+def test_schema_check_refuses_a_schema_the_reader_does_not_follow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert base._native_schema_problem() is None  # the pinned schema: the reader is used
+    monkeypatch.setattr(base, "NATIVE_FIELDS", [(LogRecord, "body", 6)])
+    assert base._native_schema_problem() == "LogRecord.body is not field 6"
+    monkeypatch.setattr(base, "NATIVE_FIELDS", [(AnyValue, "string_value", 1),
+                                                (LogRecord, "severity_text", 3)])
+    assert base._native_schema_problem() is None
+    monkeypatch.setattr(base, "NATIVE_FIELDS", [(LogRecord, "severity_number", 2),
+                                                (AnyValue, "string_value", 1),
+                                                (ExportLogsServiceRequest, "resource_logs", 1)])
+    assert base._native_schema_problem() is None
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -155,6 +217,9 @@ def test_mangled_bytes_never_raise_and_never_disagree_with_upb(
     ([field(2, 2, b"\x09")], "severity_number with a LEN wire type"),
     ([field(5, 2, field(2, 2, b"x"))], "an AnyValue member with the wrong wire type"),
     ([field(3, 2, b"\xff\xfe")], "a severity_text that is not UTF-8"),
+    ([field(5, 2, field(1, 2, b"hello") + field(8, 0, varint(3)))],
+     "an AnyValue member above 7 (string_value_strindex in 1.45 replaces the string)"),
+    ([field(5, 2, field(9, 2, b"x"))], "an AnyValue field the schema may add"),
     ([field(20, 3, b"")], "a group"),
 ])
 def test_columns_leave_what_they_do_not_follow_to_upb(records: list[bytes], why: str) -> None:
@@ -271,9 +336,11 @@ def test_bytes_the_scan_does_not_follow_fall_back_to_upb() -> None:
 
 
 def test_lipservice_native_0_turns_the_extension_off() -> None:
-    """LIPSERVICE_NATIVE=0 (to compare, or to rule the extension out) reads upb."""
+    """LIPSERVICE_NATIVE=0 (or false, off, no; to compare, or to rule the extension out)
+    reads upb."""
     code = "from processors import base; print(base.NATIVE_SCAN, base.native_skeletons)"
-    for value, expected in (("0", "False None"), ("1", "True <built-in function skeletons>")):
+    for value, expected in (("0", "False None"), (" Off", "False None"),
+                            ("false", "False None"), ("1", "True <built-in function skeletons>")):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env={**os.environ, "LIPSERVICE_NATIVE": value}, timeout=60,
                              check=True).stdout.strip()
