@@ -145,7 +145,7 @@ class Service:
         """Start everything; raises StartupError (after undoing what had started)."""
         if not NATIVE_SCAN:
             log.warning("the C reader of OTLP bytes (processors/_logscan.c) is not in use: "
-                        "%s. Records are read through upb, about a third more CPU per "
+                        "%s. Records are read through upb, about a quarter more CPU per "
                         "record; with a C compiler (gcc) installed, reinstall lipservice "
                         "to build it (docs/performance.md)", NATIVE_PROBLEM)
         try:
