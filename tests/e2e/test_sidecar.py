@@ -47,10 +47,13 @@ def attrs(kvs) -> dict:
     return {kv.key: kv.value for kv in kvs}
 
 
-@pytest.mark.parametrize("transport", ["http", "grpc"])
-def test_otel_sdk_logs_arrive_intact(sidecar_factory, transport: str) -> None:
+@pytest.mark.parametrize("transport, native", [("http", "1"), ("grpc", "1"), ("http", "0"),
+                                               ("grpc", "0")])
+def test_otel_sdk_logs_arrive_intact(sidecar_factory, transport: str, native: str) -> None:
+    """Also with the C reader of OTLP bytes turned off (LIPSERVICE_NATIVE=0): the same
+    records arrive, and the sidecar said at start that it reads records through upb."""
     with HttpSink() as hs, GrpcSink() as gs:
-        sc = sidecar_factory(pipeline_config(hs, gs)).start()
+        sc = sidecar_factory(pipeline_config(hs, gs), {"LIPSERVICE_NATIVE": native}).start()
         exporter = (HttpLogExporter(endpoint=f"{sc.http_endpoint}/v1/logs") if transport == "http"
                     else GrpcLogExporter(endpoint=f"127.0.0.1:{sc.grpc_port}", insecure=True))
         provider = LoggerProvider(resource=Resource.create({"service.name": "checkout",
@@ -90,6 +93,8 @@ def test_otel_sdk_logs_arrive_intact(sidecar_factory, transport: str) -> None:
         assert "secret-token-123456" not in metrics
         assert sc.stop() == 0
         assert "secret-token-123456" not in sc.stderr()
+        warned = "not in use: turned off by LIPSERVICE_NATIVE" in sc.stderr()
+        assert warned == (native == "0"), sc.stderr()
 
 
 APP = textwrap.dedent("""
