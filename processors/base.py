@@ -170,7 +170,7 @@ class LogBatch:
             yet written (see :meth:`add_attributes`).
     """
 
-    __slots__ = ("request", "now", "_records", "_n", "_lists", "services", "pattern_ids",
+    __slots__ = ("request", "now", "_records", "_n", "services", "pattern_ids",
                  "templates", "families", "bodies", "severity_numbers", "severity_texts",
                  "trace_ids", "dropped_pattern_ids", "received", "pending", "_scope_counts")
 
@@ -182,16 +182,13 @@ class LogBatch:
         self.now = now
         services: list[str] = []
         scope_counts: list[int] = []
-        lists = []
         for rl in request.resource_logs:
             svc = service_name(rl.resource)
             for sl in rl.scope_logs:
-                recs = sl.log_records
-                lists.append(recs)
-                services.extend([svc] * len(recs))
-                scope_counts.append(len(recs))
+                c = len(sl.log_records)
+                services.extend([svc] * c)
+                scope_counts.append(c)
         self._records: list[LogRecord] | None = None
-        self._lists: list[Any] | None = lists  # each scope's log_records, until retain
         self.services = services
         self._scope_counts = scope_counts
         n = self._n = len(services)
@@ -224,15 +221,17 @@ class LogBatch:
     def record(self, i: int) -> LogRecord:
         """``records[i]``, without wrapping every record when they are not wrapped yet.
         Raises IndexError outside 0 <= i < len(self)."""
-        if self._records is not None or self._lists is None:
-            return self.records[i]
+        if self._records is not None:
+            return self._records[i]
         if not 0 <= i < self._n:
             raise IndexError(f"record {i} of a batch of {self._n}")
-        for recs, c in zip(self._lists, self._scope_counts, strict=True):
-            if i < c:
-                return recs[i]
-            i -= c
-        raise AssertionError("scope counts out of step with the records")  # pragma: no cover
+        for rl in self.request.resource_logs:
+            for sl in rl.scope_logs:
+                recs = sl.log_records
+                if i < len(recs):
+                    return recs[i]
+                i -= len(recs)
+        raise AssertionError("len(batch) out of step with the request")  # pragma: no cover
 
     def retain(self, keep: list[bool]) -> None:
         """Remove every record whose ``keep`` entry is False, from the request and from the
@@ -278,7 +277,6 @@ class LogBatch:
         self.dropped_pattern_ids.extend(compress(self.pattern_ids, map(not_, keep)))
         if self._records is not None:
             self._records = list(compress(self._records, keep))
-        self._lists = None  # scopes were removed; records are wrapped from the request
         self._n = sum(new_counts)
         self.services = list(compress(self.services, keep))
         self.pattern_ids = list(compress(self.pattern_ids, keep))
@@ -354,8 +352,6 @@ class LogBatch:
         self._scope_counts.extend(len(sl.log_records) for sl in added.scope_logs)
         if self._records is not None:
             self._records.extend(recs)
-        if self._lists is not None:
-            self._lists.extend(sl.log_records for sl in added.scope_logs)
         self._n += len(recs)
         self.services.extend([svc] * len(recs))
         self.pattern_ids.extend(pattern_ids)

@@ -379,7 +379,7 @@ class SignatureProcessor:
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[:MAX_MESSAGE_CHARS]
         b = message.encode("utf-8", "surrogatepass")
-        skeleton = b.replace(b"0x", b"\xff\xfe").replace(b"0X", b"\xff\xfd").translate(_TO_5)
+        skeleton = _skeleton(b)
         entry = self._skeletons.get(skeleton)
         live = self._from_entry(entry, b, skeleton) if entry is not None else None
         return live if live is not None else self._mine(message, b, skeleton)
@@ -571,14 +571,18 @@ class SignatureProcessor:
                                 value=ratio)
 
 
+def _skeleton(b: bytes) -> bytes:
+    """The skeleton of UTF-8 bytes (see pattern_for): ``0x``/``0X`` made ``\\xff\\xfe`` /
+    ``\\xff\\xfd``, then every digit ``5``. processors/_logscan.c makes the same bytes."""
+    return b.replace(b"0x", b"\xff\xfe").replace(b"0X", b"\xff\xfd").translate(_TO_5)
+
+
 def _skeletons_py(texts: list[str]) -> list[bytes] | None:
-    """The skeletons of ``texts`` (see pattern_for) in five C-level passes over them joined
-    (join, encode, two replaces, translate, split); None when a text holds a NUL."""
+    """The skeletons of ``texts`` in five C-level passes over them joined (join, encode,
+    two replaces, translate, split); None when a text holds a NUL."""
     if not texts:
         return []
-    whole = "\0".join(texts).encode("utf-8", "surrogatepass")
-    skels = whole.replace(b"0x", b"\xff\xfe").replace(b"0X", b"\xff\xfd") \
-        .translate(_TO_5).split(b"\0")
+    skels = _skeleton("\0".join(texts).encode("utf-8", "surrogatepass")).split(b"\0")
     return skels if len(skels) == len(texts) else None
 
 

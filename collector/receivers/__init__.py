@@ -4,7 +4,8 @@ A receiver is built as ``Cls(name, config, pipeline)``; ``await start()`` binds 
 OSError with a message naming the endpoint when it cannot) and ``await stop()`` stops
 accepting and lets requests in progress finish. The pipeline is anything with
 ``consume(request, nbytes, raw) -> int`` (records accepted; ``nbytes`` the decoded body's
-length; ``raw`` the protobuf bytes, None for OTLP/JSON) that raises ``collector.pipeline.Refused`` when it cannot take the request now.
+length; ``raw`` the protobuf bytes, None for OTLP/JSON) that raises
+``collector.pipeline.Refused`` when it cannot take the request now.
 """
 
 from __future__ import annotations
