@@ -146,8 +146,7 @@ class Service:
         if not NATIVE_SCAN:
             log.warning("the C reader of OTLP bytes (processors/_logscan.c) is not in use: "
                         "%s. Records are read through upb, about a quarter more CPU per "
-                        "record; with a C compiler (gcc) installed, reinstall lipservice "
-                        "to build it (docs/performance.md)", NATIVE_PROBLEM)
+                        "record (docs/performance.md)", NATIVE_PROBLEM)
         try:
             self.store = StateStore(self.config.storage.directory)
         except StateError as err:

@@ -75,7 +75,8 @@ else:
     try:  # the optional C extension (setup.py); without it the columns are read from upb
         from processors import _logscan
     except ImportError as err:  # pragma: no cover - exercised by installs without a compiler
-        NATIVE_PROBLEM = f"not built (no C compiler when lipservice was installed?): {err}"
+        NATIVE_PROBLEM = (f"not built (no C compiler when lipservice was installed?): {err}; "
+                          f"with gcc installed, reinstall lipservice to build it")
     else:
         NATIVE_PROBLEM = _native_schema_problem()
         if NATIVE_PROBLEM is None:
